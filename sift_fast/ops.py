@@ -1,0 +1,192 @@
+"""Public scoring ops: per-sequence early-exit scores and deterministic top-k selection.
+
+Two layers:
+
+* ``exit_scores(hidden, weight, bias, labels, ...)`` — the documented API on a ``[B, S, H]``
+  head-transformed hidden state with ``labels`` holding ``ignore_index`` at unmasked positions.
+* ``exit_scores_rows(rows, weight, bias, targets, seq_ids, num_seqs, ...)`` — the same reduction on
+  rows that were already gathered (the trainer gathers masked rows on the host-known index, applies
+  the head transform to those rows only, then calls this).
+
+Backends: ``torch`` (chunked; peak extra memory is one ``[chunk, V]`` block, never ``[B*S, V]``) and
+``triton`` (the fused kernel in ``sift_fast.kernels.exit_scorer``: logits never materialized).
+``auto`` picks triton on CUDA when it imports, torch otherwise; ``SIFT_BACKEND`` overrides ``auto``.
+All ops are forward-only (scoring needs no gradients).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+
+from sift_fast.errors import ConfigError
+
+Criterion = Literal["loss", "entropy"]
+Backend = Literal["auto", "triton", "torch"]
+CRITERIA = ("loss", "entropy")
+BACKENDS = ("auto", "triton", "torch")
+DEFAULT_CHUNK_ROWS = 4096
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Resolve ``auto`` (or the ``SIFT_BACKEND`` env override) to ``triton`` or ``torch``."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown scoring backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        backend = os.environ.get("SIFT_BACKEND", "auto") or "auto"
+        if backend not in BACKENDS:
+            raise ConfigError(f"SIFT_BACKEND={backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_available() else "torch"
+    return backend
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ConfigError(f"unknown criterion {criterion!r}; expected 'loss' or 'entropy'")
+
+
+def _no_grad_check(*tensors: torch.Tensor | None) -> None:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            "exit_scores is forward-only (the scoring pass needs no gradients); "
+            "call it under torch.no_grad() or pass detached tensors"
+        )
+
+
+def token_stats_torch(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ignore_index: int = -100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row cross-entropy and predictive entropy (fp32) of ``rows @ weight.T + bias``.
+
+    Logits are formed one chunk of rows at a time in the input dtype (the matmul), then reduced in fp32.
+    Rows whose target is ``ignore_index`` get loss 0.
+    """
+    n = rows.shape[0]
+    loss = torch.empty(n, dtype=torch.float32, device=rows.device)
+    ent = torch.empty(n, dtype=torch.float32, device=rows.device)
+    w = weight.to(rows.dtype)
+    b = None if bias is None else bias.to(rows.dtype)
+    for start in range(0, n, chunk_rows):
+        stop = min(start + chunk_rows, n)
+        logits = torch.nn.functional.linear(rows[start:stop], w, b).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        ent[start:stop] = -(logp.exp() * logp).sum(-1)
+        tgt = targets[start:stop]
+        valid = tgt != ignore_index
+        picked = logp.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1)
+        loss[start:stop] = torch.where(valid, -picked, torch.zeros_like(picked))
+    return loss, ent
+
+
+def segment_mean(values: torch.Tensor, seq_ids: torch.Tensor, valid: torch.Tensor, num_seqs: int) -> torch.Tensor:
+    """Mean of ``values[valid]`` per segment id; ``-inf`` for segments with no valid value (fp32)."""
+    v = torch.where(valid, values.float(), torch.zeros_like(values, dtype=torch.float32))
+    sums = torch.zeros(num_seqs, dtype=torch.float32, device=values.device).index_add_(0, seq_ids, v)
+    counts = torch.zeros(num_seqs, dtype=torch.float32, device=values.device).index_add_(
+        0, seq_ids, valid.float()
+    )
+    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("-inf")))
+
+
+def exit_scores_rows(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    seq_ids: torch.Tensor,
+    num_seqs: int,
+    criterion: Criterion = "loss",
+    *,
+    ignore_index: int = -100,
+    backend: Backend = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
+    """Per-sequence mean score over already-gathered rows ``[N, H]`` (fp32 ``[num_seqs]``).
+
+    ``seq_ids[N]`` says which sequence each row belongs to; rows with ``targets == ignore_index`` are
+    skipped; sequences without a scored row get ``-inf``.
+    """
+    _check_criterion(criterion)
+    _no_grad_check(rows, weight, bias)
+    if rows.shape[0] == 0:
+        return torch.full((num_seqs,), float("-inf"), dtype=torch.float32, device=rows.device)
+    if resolve_backend(backend, rows.device) == "triton":
+        from sift_fast.kernels.exit_scorer import exit_scorer_rows
+
+        return exit_scorer_rows(rows, weight, bias, targets, seq_ids, num_seqs, criterion, ignore_index)
+    with torch.no_grad():
+        loss, ent = token_stats_torch(rows, weight, bias, targets, chunk_rows=chunk_rows, ignore_index=ignore_index)
+        values = loss if criterion == "loss" else ent
+        return segment_mean(values, seq_ids, targets != ignore_index, num_seqs)
+
+
+def exit_scores(
+    hidden: torch.Tensor,
+    decoder_weight: torch.Tensor,
+    decoder_bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    criterion: Criterion = "loss",
+    ignore_index: int = -100,
+    *,
+    backend: Backend = "auto",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> torch.Tensor:
+    """Per-sequence early-exit score, fp32 ``[B]``.
+
+    ``hidden``: head-transformed hidden state ``[B, S, H]`` (any float dtype, any strides);
+    ``labels``: ``[B, S]`` with ``ignore_index`` at unmasked positions. Score = mean over the
+    sequence's masked positions of the token cross-entropy (``loss``) or of the entropy of
+    softmax(logits) (``entropy``); ``-inf`` for a sequence with no masked position. Only masked rows
+    meet the decoder. Forward-only.
+    """
+    _check_criterion(criterion)
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)} / {tuple(labels.shape)}"
+        )
+    _no_grad_check(hidden, decoder_weight, decoder_bias)
+    bsz, seq = labels.shape
+    if resolve_backend(backend, hidden.device) == "triton":
+        from sift_fast.kernels.exit_scorer import exit_scorer
+
+        return exit_scorer(hidden, decoder_weight, decoder_bias, labels, criterion, ignore_index)
+    flat_labels = labels.reshape(-1)
+    idx = (flat_labels != ignore_index).nonzero().squeeze(1)
+    rows = hidden.reshape(bsz * seq, hidden.shape[-1]).index_select(0, idx)
+    return exit_scores_rows(
+        rows, decoder_weight, decoder_bias, flat_labels.index_select(0, idx), idx // seq, bsz, criterion,
+        ignore_index=ignore_index, backend="torch", chunk_rows=chunk_rows,
+    )
+
+
+def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest scores, highest first, ties broken towards the lower index.
+
+    Deterministic on every device: a stable descending sort (NaN ranks last).
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
+    n = scores.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    s = scores.float()
+    s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
+    order = torch.sort(s, descending=True, stable=True).indices
+    return order[:k]

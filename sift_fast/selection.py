@@ -1,0 +1,97 @@
+"""Selection policy: which candidates of a step are backpropagated.
+
+Per step the policy decides a *plan*:
+
+* ``all``     — backprop every candidate (selection ``none``, or keep annealed to 1.0); no scoring.
+* ``uniform`` — a seeded uniform sample of the backprop size; no scoring (selection ``random``, the
+  warmup steps, and every ``interrupt_every``-th step).
+* ``score``   — score the candidates at the exit layer and keep the top ``backprop size``.
+
+Kept indices are returned in ascending order: sample order inside a batch does not change the
+gradient, and a fixed order makes ``keep = 1.0`` bit-identical to the baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sift_fast.config import SiftConfig
+from sift_fast.ops import select_topk
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str  # all | uniform | score
+    keep_count: int
+
+
+class Selector:
+    """Seeded selection policy with a warmup / anneal / interrupt schedule; its state is checkpointed."""
+
+    def __init__(self, cfg: SiftConfig, seed: int = 0) -> None:
+        self.cfg = cfg
+        self.generator = torch.Generator().manual_seed(seed + 0x5EED)
+
+    # --- schedule ---------------------------------------------------------------------------------
+    def keep_count(self, step: int) -> int:
+        """Backprop batch size at ``step`` (annealed linearly to all candidates when configured)."""
+        cfg, c = self.cfg, self.cfg.candidates
+        base = cfg.backprop_size
+        if cfg.anneal_until and step >= cfg.warmup_steps:
+            frac = min(1.0, (step - cfg.warmup_steps) / (cfg.anneal_until - cfg.warmup_steps))
+            return min(c, round(base + frac * (c - base)))
+        return base
+
+    def plan(self, step: int) -> Plan:
+        cfg = self.cfg
+        k = self.keep_count(step)
+        if cfg.selection == "none" or k >= cfg.candidates:
+            return Plan("all", cfg.candidates)
+        if (
+            cfg.selection == "random"
+            or step < cfg.warmup_steps
+            or (cfg.interrupt_every and step % cfg.interrupt_every == cfg.interrupt_every - 1)
+        ):
+            return Plan("uniform", k)
+        return Plan("score", k)
+
+    # --- choosing ---------------------------------------------------------------------------------
+    def uniform(self, n: int, k: int) -> torch.Tensor:
+        """``k`` of ``n`` indices uniformly without replacement, ascending (CPU LongTensor)."""
+        return torch.randperm(n, generator=self.generator)[:k].sort().values
+
+    def select(self, plan: Plan, n: int, scores: torch.Tensor | None = None) -> torch.Tensor:
+        """Kept indices for ``plan`` over ``n`` candidates, ascending; ``scores`` for mode ``score``."""
+        if plan.mode == "all":
+            return torch.arange(n)
+        if plan.mode == "uniform":
+            return self.uniform(n, plan.keep_count)
+        if scores is None:
+            raise ValueError("mode 'score' needs scores")
+        return select_topk(scores, plan.keep_count).sort().values
+
+    def score_subset(self, masked_seq: torch.Tensor, max_per_seq: int) -> torch.Tensor:
+        """Positions (into the masked list) to score: at most ``max_per_seq`` per sequence, seeded.
+
+        ``masked_seq`` is the (non-decreasing) sequence id of each masked position, on the host.
+        Returns ascending positions; all of them when ``max_per_seq`` is 0.
+        """
+        m = masked_seq.numel()
+        if max_per_seq <= 0 or m == 0:
+            return torch.arange(m)
+        keys = torch.rand(m, generator=self.generator, dtype=torch.float64)
+        order = torch.argsort(masked_seq.double() * 2.0 + keys, stable=True)  # by sequence, then key
+        seq_sorted = masked_seq[order]
+        first = torch.searchsorted(seq_sorted, seq_sorted, right=False)
+        rank = torch.arange(m) - first
+        return order[rank < max_per_seq].sort().values
+
+    # --- checkpoint -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

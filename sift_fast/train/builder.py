@@ -1,0 +1,56 @@
+"""Build what a run needs from the config: device, vocab, packed corpus, model, engine."""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sift_fast.config import Config
+from sift_fast.errors import ConfigError
+
+
+def default_cache_dir(cfg: Config) -> Path:
+    if cfg.data.cache_dir:
+        return Path(cfg.data.cache_dir)
+    return Path(os.environ.get("SIFT_CACHE_DIR", Path.home() / ".cache" / "sift_fast"))
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} requested but CUDA is not available")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class DataBundle:
+    vocab: object  # sift_fast.data.Vocab
+    train: np.ndarray  # int32 [N, S]
+    valid: np.ndarray  # int32 [Nv, S]
+
+
+def build_data(cfg: Config) -> DataBundle:
+    """Tokenizer (loaded or trained on the corpus, cached) and the packed train/valid arrays (cached)."""
+    from sift_fast.data import build_corpus, load_tokenizer, read_documents
+
+    d = cfg.data
+    cache = default_cache_dir(cfg)
+    texts = read_documents(d.data, text_key=d.text_key) if d.vocab == "train" else None
+    vocab = load_tokenizer(d.vocab, train_texts=texts, vocab_size=d.vocab_size, cache_dir=cache / "tokenizers")
+    corpus = build_corpus(
+        d.data, vocab, d.seq_len, valid_fraction=d.valid_fraction, max_valid_sequences=d.max_valid_sequences,
+        cache_dir=cache / "corpora", text_key=d.text_key, max_train_tokens=d.max_train_tokens or None,
+    )
+    return DataBundle(vocab=vocab, train=corpus.train, valid=corpus.valid)

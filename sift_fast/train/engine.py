@@ -1,0 +1,85 @@
+"""The engine interface the step function drives, and its plain-PyTorch implementation.
+
+A DeepSpeed engine (``sift_fast.distributed.deepspeed``) implements the same interface, so the step
+function is one piece of code for both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Protocol
+
+import torch
+
+from sift_fast.config import Config
+from sift_fast.models.hf import MLMEncoder, MLMOutput
+from sift_fast.train.optim import build_optimizer, build_scheduler
+
+
+class Engine(Protocol):
+    module: MLMEncoder  # the unwrapped model (scoring pass, eval)
+    device: torch.device
+    rank: int
+    world_size: int
+
+    def autocast(self) -> contextlib.AbstractContextManager: ...
+    def forward(self, batch) -> MLMOutput: ...
+    def backward(self, loss: torch.Tensor) -> None: ...
+    def step(self) -> None: ...
+    def lr(self) -> float: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (precision auto/bf16), bf16 on CPU only when asked; fp32 otherwise."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class TorchEngine:
+    """Single-process training: optimizer, LR schedule, gradient clipping, autocast."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, model: MLMEncoder, cfg: Config, device: torch.device) -> None:
+        self.module = model.to(device)
+        self.device = device
+        self.cfg = cfg
+        self.optimizer = build_optimizer(model, cfg.optim, device)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps)
+        self.last_grad_norm: torch.Tensor | None = None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast_for(self.device, self.cfg.train.precision)
+
+    def forward(self, batch) -> MLMOutput:
+        with self.autocast():
+            return self.module(batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_targets)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.cfg.optim.grad_clip > 0:
+            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])

@@ -1,0 +1,266 @@
+"""The training loop: data → (score → select) → forward/backward → update; eval, metrics, checkpoints.
+
+Overlap modes (``train.overlap``) follow one rule — *the candidate batch of step t+1 is scored with
+the weights of step t, before step t's optimizer update* — executed either in order
+(``sequential-stale``, any device) or on a side CUDA stream during step t's backward (``on``, see
+``sift_fast.train.overlap``). ``off`` scores each batch at the start of its own step.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sift_fast.config import Config
+from sift_fast.selection import Selector
+from sift_fast.telemetry import NvmlSampler, ProfileWindow, StepTimer, memory_stats, parse_profile_steps
+from sift_fast.train.builder import DataBundle, build_data, resolve_device, seed_everything
+from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sift_fast.train.engine import TorchEngine
+from sift_fast.train.evaluate import evaluate
+from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, atomic_write_json, format_step_line
+from sift_fast.train.step import StepResult, compute_scores, sift_step, wants_scores
+
+EngineFactory = Callable[[Any, Config, torch.device], Any]
+
+
+def resolve_overlap(mode: str, device: torch.device) -> str:
+    if mode == "auto":
+        return "on" if device.type == "cuda" else "off"
+    if mode == "on" and device.type != "cuda":
+        return "sequential-stale"  # same rule, executed in order (no streams on CPU)
+    return mode
+
+
+class Trainer:
+    """One run of ``sift-pretrain``. ``engine_factory`` swaps in DeepSpeed; ``select_fn`` global selection."""
+
+    def __init__(self, cfg: Config, *, data: DataBundle | None = None, engine_factory: EngineFactory | None = None,
+                 device: torch.device | None = None, console: Console | None = None) -> None:
+        from sift_fast.data import CandidateLoader, MLMMasker, validation_batches
+        from sift_fast.models.hf import build_model
+
+        self.cfg = cfg
+        self.out = Path(cfg.train.out)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = device or resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.data = data or build_data(cfg)
+        vocab = self.data.vocab
+        model = build_model(cfg.model, vocab.vocab_size, cfg.data.seq_len, pad_id=vocab.pad_id)
+        self.engine = (engine_factory or TorchEngine)(model, cfg, self.device)
+        self.rank0 = self.engine.rank == 0
+        masker = MLMMasker(vocab.vocab_size, vocab.mask_id, vocab.special_ids, mask_prob=cfg.data.mask_prob,
+                           seed=cfg.train.seed)
+        self.loader = CandidateLoader(self.data.train, cfg.sift.candidates, masker, vocab.pad_id,
+                                      seed=cfg.train.seed + 1000 * self.engine.rank)
+        eval_masker = MLMMasker(vocab.vocab_size, vocab.mask_id, vocab.special_ids, mask_prob=cfg.data.mask_prob,
+                                seed=12345)
+        self.val_batches = validation_batches(self.data.valid, cfg.train.eval_batch_size, eval_masker, vocab.pad_id)
+        self.selector = Selector(cfg.sift, seed=cfg.train.seed + 1000 * self.engine.rank)
+        self.exit_layer = cfg.sift.exit_layer if isinstance(cfg.sift.exit_layer, int) else 1
+        self.overlap = resolve_overlap(cfg.train.overlap, self.device)
+        self.select_fn = None
+        self.timer = StepTimer(self.device)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0)
+        self.console = console or Console(enabled=self.rank0)
+        self.ttt = TimeToTarget(cfg.train.targets)
+        self.step = 0
+        self.train_time = 0.0
+        self.samples = 0
+        self.backprop_samples = 0
+        self.pending: tuple[Any, torch.Tensor | None] | None = None  # (next host batch, its stale scores)
+        self.last_eval: dict[str, float] = {}
+
+    # --- checkpoint -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step, "train_time": self.train_time, "samples": self.samples,
+            "backprop_samples": self.backprop_samples, "exit_layer": self.exit_layer,
+            "engine": self.engine.state_dict(), "loader": self.loader.state_dict(),
+            "selector": self.selector.state_dict(), "ttt": self.ttt.state_dict(), "rng": rng_state(),
+            "pending": self.pending, "config": self.cfg.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.train_time = state["step"], state["train_time"]
+        self.samples, self.backprop_samples = state["samples"], state["backprop_samples"]
+        self.exit_layer = state["exit_layer"]
+        self.engine.load_state_dict(state["engine"])
+        self.loader.load_state_dict(state["loader"])
+        self.selector.load_state_dict(state["selector"])
+        self.ttt.load_state_dict(state["ttt"])
+        self.pending = state["pending"]
+        set_rng_state(state["rng"])
+
+    def save(self) -> None:
+        if self.rank0:
+            save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+
+    def maybe_resume(self) -> bool:
+        path = latest_checkpoint(self.out / "checkpoints")
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        self.metrics.truncate_after(self.step)
+        self.console.log(f"resumed from {path} at step {self.step}")
+        return True
+
+    # --- one step ---------------------------------------------------------------------------------
+    def next_batch(self):
+        """The host candidate batch of this step, and its stale scores when an overlap mode made them."""
+        if self.pending is not None:
+            batch, scores = self.pending
+            self.pending = None
+            return batch, scores
+        with self.timer.phase("data"):
+            batch = self.loader.next_batch()
+            return (batch.pin_memory() if self.device.type == "cuda" else batch), None
+
+    def _score_next(self) -> None:
+        """Stale rule: fetch batch t+1 and score it with step t's weights (before the update)."""
+        with self.timer.phase("data"):
+            nxt = self.loader.next_batch()
+        plan = self.selector.plan(self.step + 1)
+        scores = None
+        if wants_scores(plan, self.cfg.sift):
+            scores = compute_scores(self.engine, self.selector, self.cfg.sift, nxt, self.exit_layer, self.timer)
+        self.pending = (nxt, scores)
+
+    def train_step(self) -> StepResult:
+        batch, scores = self.next_batch()
+        stale = self.overlap == "sequential-stale" and self.step + 1 < self.cfg.train.max_steps
+        return sift_step(
+            self.engine, self.selector, batch, self.step, self.cfg.sift, self.timer, exit_layer=self.exit_layer,
+            scores=scores, after_backward=self._score_next if stale else None, select_fn=self.select_fn,
+        )
+
+    # --- logging ----------------------------------------------------------------------------------
+    def _step_record(self, step: int, res: StepResult, loss: float, step_time: float,
+                     phases: dict[str, float]) -> dict:
+        n_kept = int(res.kept.numel())
+        rec: dict[str, Any] = {
+            "type": "step", "step": step, "loss": loss, "mode": res.plan.mode,
+            "candidates": res.num_candidates, "kept": n_kept, "lr": self.engine.lr(),
+            "step_time_s": step_time, "samples_per_s": res.num_candidates / max(step_time, 1e-9),
+            "backprop_samples_per_s": n_kept / max(step_time, 1e-9), "wall_s": self.train_time,
+            "exit_layer": self.exit_layer,
+            "score_share": phases.get("score", 0.0) / max(sum(phases.values()), 1e-9),
+            "kept_score_mean": None, "cand_score_mean": None, "kept_score_ratio": None,
+        }
+        if res.scores is not None:
+            finite = torch.isfinite(res.scores)
+            if finite.any():
+                cand = res.scores[finite].mean().item()
+                kept_s = res.scores[res.kept]
+                kept_s = kept_s[torch.isfinite(kept_s)]
+                kept_mean = kept_s.mean().item() if kept_s.numel() else float("nan")
+                rec.update(kept_score_mean=kept_mean, cand_score_mean=cand,
+                           kept_score_ratio=kept_mean / cand if cand else None)
+        rec.update(memory_stats(self.device))
+        mem = rec.get("mem_allocated_mib", rec.get("mem_rss_mib"))
+        rec["mem_mib"] = mem
+        return rec
+
+    def run_eval(self) -> dict[str, Any]:
+        with self.timer.phase("eval"):
+            res = evaluate(self.engine.module, self.val_batches, self.device, self.engine.autocast())
+        rec = {"type": "eval", "step": self.step, "wall_s": self.train_time, "samples": self.samples,
+               "backprop_samples": self.backprop_samples, **res}
+        self.last_eval = rec
+        newly = self.ttt.update(res["val_mlm_acc"], rec)
+        self.metrics.write(rec)
+        self.metrics.flush()
+        reached = f"  reached {', '.join(f'{t:g}' for t in newly)}" if newly else ""
+        self.console.log(f"eval step {self.step}: val_mlm_acc {res['val_mlm_acc']:.4f}  val_loss {res['val_loss']:.4f}"
+                         f"  wall {self.train_time:.1f}s{reached}")
+        return rec
+
+    # --- the loop ---------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        tc = self.cfg.train
+        if tc.resume:
+            self.maybe_resume()
+        elif self.rank0 and (self.out / "metrics.jsonl").exists():
+            (self.out / "metrics.jsonl").unlink()
+        if self.rank0:
+            atomic_write_json(self.out / "config.json", self.cfg.to_dict())
+        profile = ProfileWindow(parse_profile_steps(tc.profile_steps or None),
+                                torch_trace_dir=str(self.out / "traces") if tc.torch_profiler else None)
+        nvml = NvmlSampler(self.device.index or 0) if self.device.type == "cuda" else None
+        if nvml is not None:
+            nvml.start()
+        buffered: list[tuple[StepResult, float]] = []
+        if self.step == 0:
+            self.run_eval()
+        try:
+            while self.step < tc.max_steps:
+                if tc.time_budget_s and self.train_time >= tc.time_budget_s:
+                    self.console.log(f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
+                    break
+                profile.step_begin(self.step)
+                t0 = time.perf_counter()
+                res = self.train_step()
+                if self.device.type == "cuda" and (self.step + 1) % tc.log_every == 0:
+                    torch.cuda.synchronize()
+                dt = time.perf_counter() - t0
+                profile.step_end(self.step)
+                self.train_time += dt
+                self.samples += res.num_candidates
+                self.backprop_samples += int(res.kept.numel())
+                buffered.append((res, dt))
+                self.step += 1
+                last = self.step >= tc.max_steps
+                if self.step % tc.log_every == 0 or last:
+                    self._flush(buffered, nvml)
+                    buffered = []
+                if self.step % tc.eval_every == 0 or last:
+                    self.run_eval()
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    self.save()
+                self.console.progress(self.step, tc.max_steps, None)
+            if buffered:
+                self._flush(buffered, nvml)
+            if not self.last_eval or self.last_eval["step"] != self.step:
+                self.run_eval()
+            self.save()
+        finally:
+            profile.close()
+            if nvml is not None:
+                nvml.stop()
+            self.metrics.close()
+        summary = self.summary()
+        if self.rank0:
+            atomic_write_json(self.out / "summary.json", summary)
+        return summary
+
+    def _flush(self, buffered: list[tuple[StepResult, float]], nvml) -> None:
+        losses = torch.stack([r.loss.float() for r, _ in buffered]).cpu().tolist()
+        phases = self.timer.results()
+        first = self.step - len(buffered)
+        for i, ((res, dt), loss) in enumerate(zip(buffered, losses)):
+            rec = self._step_record(first + i + 1, res, loss, dt, phases)
+            self.metrics.write(rec)
+        if nvml is not None and (s := nvml.summary()):
+            self.metrics.write({"type": "nvml", "step": self.step, **s})
+        self.metrics.flush()
+        self.console.log(format_step_line(rec, self.cfg.train.max_steps))
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "preset": self.cfg.preset, "selection": self.cfg.sift.selection, "keep": self.cfg.sift.keep,
+            "exit_layer": self.exit_layer, "candidates": self.cfg.sift.candidates,
+            "steps": self.step, "train_time_s": self.train_time, "samples": self.samples,
+            "backprop_samples": self.backprop_samples, "final_eval": self.last_eval,
+            "time_to_target": self.ttt.reached, "device": str(self.device), "overlap": self.overlap,
+        }
+
+
+def train(cfg: Config, **kwargs: Any) -> dict[str, Any]:
+    """Run ``sift-pretrain`` with ``cfg``; returns the summary."""
+    return Trainer(cfg, **kwargs).run()

@@ -1,0 +1,117 @@
+"""Run outputs: metrics.jsonl (one line per step and per eval), the console log line, time-to-accuracy."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+class MetricsWriter:
+    """Appends JSON lines to ``OUT/metrics.jsonl``; disabled on non-zero ranks."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
+        self._file: TextIO | None = None
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop records of steps after the checkpoint (they will be written again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
+        self._file.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class TimeToTarget:
+    """Records when validation accuracy first reaches each target."""
+
+    def __init__(self, targets: tuple[float, ...]) -> None:
+        self.targets = targets
+        self.reached: dict[str, dict[str, float]] = {}
+
+    def update(self, acc: float, record: dict[str, Any]) -> list[float]:
+        newly = []
+        for t in self.targets:
+            key = f"{t:g}"
+            if key not in self.reached and acc >= t:
+                self.reached[key] = {k: record[k] for k in ("step", "wall_s", "samples", "backprop_samples")}
+                newly.append(t)
+        return newly
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reached": self.reached}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reached = dict(state["reached"])
+
+
+def format_step_line(rec: dict[str, Any], max_steps: int) -> str:
+    """torchtitan-style one-liner: loss, kept-score ratio, samples/s, scoring share, lr, memory."""
+    parts = [f"step {rec['step']:>6}/{max_steps}", f"loss {rec['loss']:.4f}"]
+    if rec.get("kept_score_ratio") is not None:
+        parts.append(f"kept/cand {rec['kept_score_ratio']:.3f}")
+    parts += [
+        f"samples/s {rec['samples_per_s']:.1f}",
+        f"bp/s {rec['backprop_samples_per_s']:.1f}",
+        f"score {100 * rec['score_share']:.1f}%",
+    ]
+    if rec.get("score_hidden_share") is not None:
+        parts.append(f"hidden {100 * rec['score_hidden_share']:.0f}%")
+    parts.append(f"lr {rec['lr']:.2e}")
+    mem = rec.get("mem_mib")
+    if mem is not None:
+        parts.append(f"mem {mem / 1024:.2f}GiB")
+    return "  ".join(parts)
+
+
+class Console:
+    """Plain log lines, plus a one-line progress indicator when stderr is a terminal."""
+
+    def __init__(self, enabled: bool = True, stream: TextIO | None = None) -> None:
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.tty = enabled and self.stream.isatty()
+
+    def log(self, line: str) -> None:
+        if self.enabled:
+            if self.tty:
+                self.stream.write("\r\033[K")
+            print(line, file=self.stream, flush=True)
+
+    def progress(self, step: int, max_steps: int, loss: float | None) -> None:
+        if self.tty:
+            width = 30
+            done = int(width * step / max(1, max_steps))
+            tail = f" loss {loss:.3f}" if loss is not None else ""
+            self.stream.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{max_steps}{tail}")
+            self.stream.flush()

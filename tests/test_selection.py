@@ -1,0 +1,55 @@
+"""Selection policy: schedule, determinism, score-token subsets, checkpointed state."""
+
+import torch
+
+from sift_fast.config import SiftConfig
+from sift_fast.selection import Selector
+
+
+def test_plan_schedule_hand_checked():
+    s = Selector(SiftConfig(selection="entropy", keep=0.5, candidates=32, warmup_steps=2, anneal_until=12,
+                            interrupt_every=3))
+    plans = [(s.plan(t).mode, s.plan(t).keep_count) for t in range(14)]
+    # warmup: uniform 16; then keep anneals 16 -> 32 linearly over steps 2..12; every 3rd step uniform
+    assert plans[:3] == [("uniform", 16)] * 3  # step 2 is an interrupt step (2 % 3 == 2)
+    assert plans[3] == ("score", 18) and plans[4] == ("score", 19)
+    assert plans[5] == ("uniform", 21)
+    assert plans[12] == ("all", 32) and plans[13] == ("all", 32)
+
+
+def test_none_and_random_and_keep_one():
+    assert Selector(SiftConfig(selection="none", candidates=8)).plan(0).mode == "all"
+    assert Selector(SiftConfig(selection="random", keep=0.25, candidates=8)).plan(5).keep_count == 2
+    assert Selector(SiftConfig(selection="loss", keep=1.0, candidates=8)).plan(0).mode == "all"
+    assert SiftConfig(keep=0.01, candidates=8).backprop_size == 1
+
+
+def test_select_topk_sorted_ascending_and_uniform_seeded():
+    s = Selector(SiftConfig(selection="loss", keep=0.5, candidates=6))
+    scores = torch.tensor([0.1, 5.0, 3.0, float("-inf"), 4.0, 3.0])
+    kept = s.select(s.plan(0), 6, scores)
+    assert kept.tolist() == [1, 2, 4]  # top-3 = {1, 4, 2 (tie with 5, lower index wins)}
+    a, b = Selector(SiftConfig(), seed=3), Selector(SiftConfig(), seed=3)
+    assert torch.equal(a.uniform(32, 16), b.uniform(32, 16))
+    u = a.uniform(32, 16)
+    assert u.tolist() == sorted(set(u.tolist())) and len(u) == 16
+
+
+def test_score_subset_at_most_m_per_sequence():
+    s = Selector(SiftConfig())
+    masked_seq = torch.tensor([0, 0, 0, 0, 1, 3, 3, 3, 3, 3])
+    pos = s.score_subset(masked_seq, 2)
+    counts = torch.bincount(masked_seq[pos], minlength=4).tolist()
+    assert counts == [2, 1, 0, 2]
+    assert pos.tolist() == sorted(pos.tolist())
+    assert torch.equal(s.score_subset(masked_seq, 0), torch.arange(10))
+
+
+def test_state_dict_round_trip():
+    s = Selector(SiftConfig(), seed=1)
+    s.uniform(10, 5)
+    state = s.state_dict()
+    x = s.uniform(10, 5)
+    t = Selector(SiftConfig(), seed=99)
+    t.load_state_dict(state)
+    assert torch.equal(t.uniform(10, 5), x)
