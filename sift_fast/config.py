@@ -168,6 +168,7 @@ class TrainConfig:
     telemetry_every: int = 0  # selection telemetry (exit-layer agreement) every N steps; 0 = off
     nvml_every: int = 50
     num_threads: int = 0  # torch CPU threads; 0 = torch default
+    clock: str = "wall"  # wall | process (CPU time of this process: robust to other load on a shared CPU)
 
     def __post_init__(self) -> None:
         _positive("max_steps", self.max_steps)
@@ -179,6 +180,7 @@ class TrainConfig:
             _positive(name, getattr(self, name), allow_zero=True)
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("overlap", self.overlap, ("auto", "off", "on", "sequential-stale"))
+        _choice("clock", self.clock, ("wall", "process"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         self.targets = tuple(sorted(float(t) for t in self.targets))

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sift_fast.config import Config
+from sift_fast.errors import ConfigError
 from sift_fast.selection import Selector
 from sift_fast.telemetry import NvmlSampler, ProfileWindow, StepTimer, memory_stats, parse_profile_steps
 from sift_fast.train.builder import DataBundle, build_data, resolve_device, seed_everything
@@ -40,7 +41,8 @@ class Trainer:
     """One run of ``sift-pretrain``. ``engine_factory`` swaps in DeepSpeed; ``select_fn`` global selection."""
 
     def __init__(self, cfg: Config, *, data: DataBundle | None = None, engine_factory: EngineFactory | None = None,
-                 device: torch.device | None = None, console: Console | None = None) -> None:
+                 device: torch.device | None = None, console: Console | None = None,
+                 loader_factory: Callable[..., Any] | None = None) -> None:
         from sift_fast.data import CandidateLoader, MLMMasker, validation_batches
         from sift_fast.models.hf import build_model
 
@@ -57,15 +59,20 @@ class Trainer:
         self.rank0 = self.engine.rank == 0
         masker = MLMMasker(vocab.vocab_size, vocab.mask_id, vocab.special_ids, mask_prob=cfg.data.mask_prob,
                            seed=cfg.train.seed)
-        self.loader = CandidateLoader(self.data.train, cfg.sift.candidates, masker, vocab.pad_id,
-                                      seed=cfg.train.seed + 1000 * self.engine.rank)
+        self.loader = (loader_factory or CandidateLoader)(self.data.train, cfg.sift.candidates, masker, vocab.pad_id,
+                                                          seed=cfg.train.seed)
         eval_masker = MLMMasker(vocab.vocab_size, vocab.mask_id, vocab.special_ids, mask_prob=cfg.data.mask_prob,
                                 seed=12345)
         self.val_batches = validation_batches(self.data.valid, cfg.train.eval_batch_size, eval_masker, vocab.pad_id)
         self.selector = Selector(cfg.sift, seed=cfg.train.seed + 1000 * self.engine.rank)
         self.exit_layer = cfg.sift.exit_layer if isinstance(cfg.sift.exit_layer, int) else 1
         self.overlap = resolve_overlap(cfg.train.overlap, self.device)
-        self.select_fn = None
+        if cfg.train.clock == "process" and self.device.type != "cpu":
+            raise ConfigError("clock=process measures CPU time and is meaningful only with device=cpu")
+        self.clock = time.process_time if cfg.train.clock == "process" else time.perf_counter
+        self.select_fn = None  # global selection across data-parallel ranks plugs in here
+        # called after every step as hook(trainer, result): selection telemetry, automatic exit layer
+        self.step_hooks: list[Callable[[Trainer, StepResult], None]] = []
         self.timer = StepTimer(self.device)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0)
         self.console = console or Console(enabled=self.rank0)
@@ -204,17 +211,19 @@ class Trainer:
                     self.console.log(f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
                     break
                 profile.step_begin(self.step)
-                t0 = time.perf_counter()
+                t0 = self.clock()
                 res = self.train_step()
                 if self.device.type == "cuda" and (self.step + 1) % tc.log_every == 0:
                     torch.cuda.synchronize()
-                dt = time.perf_counter() - t0
+                dt = self.clock() - t0
                 profile.step_end(self.step)
                 self.train_time += dt
                 self.samples += res.num_candidates
                 self.backprop_samples += int(res.kept.numel())
                 buffered.append((res, dt))
                 self.step += 1
+                for hook in self.step_hooks:
+                    hook(self, res)
                 last = self.step >= tc.max_steps
                 if self.step % tc.log_every == 0 or last:
                     self._flush(buffered, nvml)

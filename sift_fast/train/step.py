@@ -27,6 +27,7 @@ class StepResult:
     kept: torch.Tensor  # kept candidate indices, ascending (host)
     scores: torch.Tensor | None  # candidate scores (host) when the step scored
     num_candidates: int
+    batch: object = None  # the host candidate batch
 
 
 def score_candidates(
@@ -114,5 +115,5 @@ def sift_step(
         engine.step()
     return StepResult(
         loss=out.loss.detach(), num_correct=out.num_correct, num_rows=out.num_rows, plan=plan, kept=kept,
-        scores=scores, num_candidates=batch_host.size,
+        scores=scores, num_candidates=batch_host.size, batch=batch_host,
     )
