@@ -32,12 +32,12 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
 class ModelConfig:
     arch: str = "bert"  # bert | roberta
     model_class: str = "mlm"  # mlm (BertForMaskedLM) | pretraining (BertForPreTraining; MLM head only)
-    num_layers: int = 12
-    hidden_size: int = 128
-    num_heads: int = 2
-    intermediate_size: int = 512
-    dropout: float = 0.0
-    init_std: float = 0.02
+    num_layers: int = 12  # encoder layers L
+    hidden_size: int = 128  # model width H
+    num_heads: int = 2  # attention heads
+    intermediate_size: int = 512  # feed-forward width
+    dropout: float = 0.0  # hidden and attention dropout (the scoring pass always runs without)
+    init_std: float = 0.02  # weight init standard deviation
 
     def __post_init__(self) -> None:
         _choice("arch", self.arch, ("bert", "roberta"))
@@ -55,13 +55,13 @@ class DataConfig:
     data: str = "bundled"  # bundled | path.txt | path.jsonl | hf:NAME[:CONFIG[:SPLIT]]
     vocab: str = "train"  # train | bundled | path to vocab.txt / tokenizer.json | hub name
     vocab_size: int = 8192  # for vocab=train
-    seq_len: int = 128
-    text_key: str = "text"
-    valid_fraction: float = 0.05
-    max_valid_sequences: int = 256
+    seq_len: int = 128  # packed sequence length S, [CLS] and [SEP] included
+    text_key: str = "text"  # field of a jsonl corpus holding the text
+    valid_fraction: float = 0.05  # share of the documents (from the end) held out for validation
+    max_valid_sequences: int = 256  # cap on the fixed-masking validation set
     max_train_tokens: int = 0  # 0 = all
     cache_dir: str = ""  # default: ~/.cache/sift_fast
-    mask_prob: float = 0.15
+    mask_prob: float = 0.15  # MLM masking rate (80/10/10 mask/random/keep)
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
@@ -127,14 +127,14 @@ class SiftConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"  # adamw | lamb
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    lr_warmup_steps: int = 100
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # decoupled, not on biases / LayerNorm
+    beta1: float = 0.9  # Adam/LAMB beta1
+    beta2: float = 0.98  # Adam/LAMB beta2
+    eps: float = 1e-6  # Adam/LAMB epsilon
+    lr_warmup_steps: int = 100  # linear LR warmup steps
     lr_decay: str = "linear"  # linear | cosine | constant
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # final LR as a fraction of the peak
     grad_clip: float = 1.0  # 0 = off
 
     def __post_init__(self) -> None:
@@ -149,24 +149,25 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000
+    max_steps: int = 1000  # optimizer steps (one candidate batch each)
     time_budget_s: float = 0.0  # stop after this much training wall-clock (eval excluded); 0 = off
-    eval_every: int = 50
-    eval_batch_size: int = 64
+    eval_every: int = 50  # validation every N steps
+    eval_batch_size: int = 64  # validation batch size
     checkpoint_every: int = 0  # 0 = only at the end
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-    out: str = "runs/sift"
-    resume: bool = False
+    keep_checkpoints: int = 2  # newest checkpoints kept on disk
+    log_every: int = 10  # console line / metrics flush every N steps
+    seed: int = 0  # seeds init, data order, masking and selection
+    out: str = "runs/sift"  # output directory: metrics.jsonl, summary.json, checkpoints/
+    resume: bool = False  # continue from the newest checkpoint in --out
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    targets: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.64)
+    targets: tuple[float, ...] = (  # val MLM accuracy targets for time-to-accuracy
+        0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.64)
     overlap: str = "auto"  # auto | off | on | sequential-stale
     profile_steps: str = ""  # A:B brackets steps A..B with cudaProfilerStart/Stop
     torch_profiler: bool = False  # also write a Chrome trace of the profile window
     telemetry_every: int = 0  # selection telemetry (exit-layer agreement) every N steps; 0 = off
-    nvml_every: int = 50
+    nvml_every: int = 50  # NVML telemetry record every N steps (CUDA)
     num_threads: int = 0  # torch CPU threads; 0 = torch default
     clock: str = "wall"  # wall | process (CPU time of this process: robust to other load on a shared CPU)
 
@@ -176,7 +177,8 @@ class TrainConfig:
         _positive("eval_batch_size", self.eval_batch_size)
         _positive("log_every", self.log_every)
         _positive("keep_checkpoints", self.keep_checkpoints)
-        for name in ("checkpoint_every", "time_budget_s", "telemetry_every", "nvml_every", "num_threads"):
+        _positive("nvml_every", self.nvml_every)
+        for name in ("checkpoint_every", "time_budget_s", "telemetry_every", "num_threads"):
             _positive(name, getattr(self, name), allow_zero=True)
         _choice("precision", self.precision, ("auto", "fp32", "bf16"))
         _choice("overlap", self.overlap, ("auto", "off", "on", "sequential-stale"))

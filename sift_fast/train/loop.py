@@ -73,6 +73,10 @@ class Trainer:
         self.select_fn = None  # global selection across data-parallel ranks plugs in here
         # called after every step as hook(trainer, result): selection telemetry, automatic exit layer
         self.step_hooks: list[Callable[[Trainer, StepResult], None]] = []
+        if cfg.train.telemetry_every or cfg.sift.exit_layer == "auto":
+            from sift_fast.train.telemetry_hook import install
+
+            install(self)
         self.timer = StepTimer(self.device)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0)
         self.console = console or Console(enabled=self.rank0)
@@ -92,6 +96,7 @@ class Trainer:
             "engine": self.engine.state_dict(), "loader": self.loader.state_dict(),
             "selector": self.selector.state_dict(), "ttt": self.ttt.state_dict(), "rng": rng_state(),
             "pending": self.pending, "config": self.cfg.to_dict(),
+            "hooks": {h.name: h.state_dict() for h in self.step_hooks if hasattr(h, "state_dict")},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -104,6 +109,9 @@ class Trainer:
         self.ttt.load_state_dict(state["ttt"])
         self.pending = state["pending"]
         set_rng_state(state["rng"])
+        for h in self.step_hooks:
+            if hasattr(h, "load_state_dict") and h.name in state.get("hooks", {}):
+                h.load_state_dict(state["hooks"][h.name])
 
     def save(self) -> None:
         if self.rank0:
@@ -155,7 +163,7 @@ class Trainer:
             "type": "step", "step": step, "loss": loss, "mode": res.plan.mode,
             "candidates": res.num_candidates, "kept": n_kept, "lr": self.engine.lr(),
             "step_time_s": step_time, "samples_per_s": res.num_candidates / max(step_time, 1e-9),
-            "backprop_samples_per_s": n_kept / max(step_time, 1e-9), "wall_s": self.train_time,
+            "backprop_samples_per_s": n_kept / max(step_time, 1e-9),
             "exit_layer": self.exit_layer,
             "score_share": phases.get("score", 0.0) / max(sum(phases.values()), 1e-9),
             "kept_score_mean": None, "cand_score_mean": None, "kept_score_ratio": None,
@@ -252,10 +260,14 @@ class Trainer:
         losses = torch.stack([r.loss.float() for r, _ in buffered]).cpu().tolist()
         phases = self.timer.results()
         first = self.step - len(buffered)
+        wall = self.train_time - sum(dt for _, dt in buffered)
         for i, ((res, dt), loss) in enumerate(zip(buffered, losses)):
+            wall += dt
             rec = self._step_record(first + i + 1, res, loss, dt, phases)
+            rec["wall_s"] = wall
             self.metrics.write(rec)
-        if nvml is not None and (s := nvml.summary()):
+        due = self.step // self.cfg.train.nvml_every > (self.step - len(buffered)) // self.cfg.train.nvml_every
+        if nvml is not None and due and (s := nvml.summary()):
             self.metrics.write({"type": "nvml", "step": self.step, **s})
         self.metrics.flush()
         self.console.log(format_step_line(rec, self.cfg.train.max_steps))
