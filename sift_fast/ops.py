@@ -117,11 +117,13 @@ def exit_scores_rows(
     ignore_index: int = -100,
     backend: Backend = "auto",
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    seq_ids_sorted: bool = False,
 ) -> torch.Tensor:
     """Per-sequence mean score over already-gathered rows ``[N, H]`` (fp32 ``[num_seqs]``).
 
     ``seq_ids[N]`` says which sequence each row belongs to; rows with ``targets == ignore_index`` are
-    skipped; sequences without a scored row get ``-inf``.
+    skipped; sequences without a scored row get ``-inf``. ``seq_ids_sorted=True`` promises non-decreasing
+    ids (the trainer's masked rows are), which lets the Triton backend skip a device sort.
     """
     _check_criterion(criterion)
     _no_grad_check(rows, weight, bias)
@@ -130,7 +132,9 @@ def exit_scores_rows(
     if resolve_backend(backend, rows.device) == "triton":
         from sift_fast.kernels.exit_scorer import exit_scorer_rows
 
-        return exit_scorer_rows(rows, weight, bias, targets, seq_ids, num_seqs, criterion, ignore_index)
+        return exit_scorer_rows(
+            rows, weight, bias, targets, seq_ids, num_seqs, criterion, ignore_index, seq_ids_sorted=seq_ids_sorted
+        )
     with torch.no_grad():
         loss, ent = token_stats_torch(rows, weight, bias, targets, chunk_rows=chunk_rows, ignore_index=ignore_index)
         values = loss if criterion == "loss" else ent
@@ -176,16 +180,21 @@ def exit_scores(
     )
 
 
-def select_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+def select_topk(scores: torch.Tensor, k: int, *, backend: Backend = "auto") -> torch.Tensor:
     """Indices of the ``k`` highest scores, highest first, ties broken towards the lower index.
 
-    Deterministic on every device: a stable descending sort (NaN ranks last).
+    Deterministic on every device (NaN ranks like -inf): a stable descending sort on the torch backend,
+    the single-program Triton sort of ``sift_fast.kernels.topk`` on the triton backend.
     """
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
     n = scores.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
+    if resolve_backend(backend, scores.device) == "triton":
+        from sift_fast.kernels.topk import topk_indices
+
+        return topk_indices(scores, k)
     s = scores.float()
     s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
     order = torch.sort(s, descending=True, stable=True).indices

@@ -114,3 +114,19 @@ def test_sequential_stale_scores_next_batch_with_pre_update_weights(micro_cfg):
         batch, scores = used[t]
         torch.testing.assert_close(scores, score_with(thetas[t - 1], batch), rtol=1e-5, atol=1e-6)
         assert not torch.allclose(scores, score_with(thetas[t], batch), rtol=1e-5, atol=1e-6)
+
+
+def test_triton_backend_in_the_step_matches_torch(micro_cfg):
+    """The fused scorer (Triton; the interpreter on CPU) drives the same selection as the torch backend."""
+    tr = Trainer(micro_cfg(selection="entropy", keep=0.5))
+    batch = tr.loader.next_batch()
+    from sift_fast.train.step import score_candidates
+
+    model = tr.engine.module
+    s_torch = score_candidates(model, batch, 1, "entropy", backend="torch")
+    s_triton = score_candidates(model, batch, 1, "entropy", backend="triton")
+    torch.testing.assert_close(s_triton, s_torch, rtol=1e-5, atol=1e-5)
+    from sift_fast.ops import select_topk
+
+    k = tr.cfg.sift.backprop_size
+    assert torch.equal(select_topk(s_triton, k, backend="triton"), select_topk(s_triton, k, backend="torch"))

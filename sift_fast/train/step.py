@@ -53,7 +53,7 @@ def score_candidates(
         weight, bias = model.decoder_params()
         return exit_scores_rows(
             rows, weight.detach(), None if bias is None else bias.detach(), tgt, seq, batch.size, criterion,
-            backend=backend,
+            backend=backend, seq_ids_sorted=True,
         )
 
 
@@ -68,10 +68,12 @@ def compute_scores(engine, selector: Selector, cfg: SiftConfig, batch_host, exit
     with timer.phase("score"):
         positions = selector.score_subset(batch_host.masked_seq, cfg.score_tokens) if cfg.score_tokens else None
         cand = batch_host.to(engine.device, non_blocking=True)
-        scores = score_candidates(
-            engine.module, cand, exit_layer, criterion, positions=positions, backend=cfg.backend,
-            autocast=engine.autocast(),
-        )
+        gather = getattr(engine, "scoring_context", None)  # ZeRO-3: gathers exactly the exit's parameters
+        with gather(exit_layer) if gather is not None else contextlib.nullcontext():
+            scores = score_candidates(
+                engine.module, cand, exit_layer, criterion, positions=positions, backend=cfg.backend,
+                autocast=engine.autocast(),
+            )
         return scores.cpu()
 
 
@@ -87,24 +89,34 @@ def sift_step(
     scores: torch.Tensor | None = None,
     after_backward: Callable[[], None] | None = None,
     select_fn: Callable | None = None,
+    before_forward: Callable[[], None] | None = None,
 ) -> StepResult:
     """Run step ``step`` on the host candidate batch.
 
     ``scores``: precomputed candidate scores (the overlap modes score step t+1 during step t);
     ``after_backward``: called between backward and the optimizer update (where the overlap modes
     score the next batch with this step's weights); ``select_fn(plan, batch_host, scores) -> kept``
-    replaces the local selection (global selection across data-parallel ranks).
+    replaces the local selection (global selection across data-parallel ranks returns
+    ``(kept, gathered_batch, gathered_scores)``: ``kept`` then indexes the gathered batch); ``before_forward``:
+    called after selection, before the forward (``overlap=on`` launches the side-stream scoring there).
     """
     plan = selector.plan(step)
     if scores is None and wants_scores(plan, cfg):
         scores = compute_scores(engine, selector, cfg, batch_host, exit_layer, timer)
     with timer.phase("select"):
+        source = batch_host
         if select_fn is not None:
             kept = select_fn(plan, batch_host, scores)
+            if isinstance(kept, tuple):  # global selection: kept indexes the gathered batch of all ranks
+                kept, source, scores = kept
         else:
             kept = selector.select(plan, batch_host.size, scores if plan.mode == "score" else None)
-        sub = batch_host if plan.mode == "all" else batch_host.select(kept)
+        sub = source if plan.mode == "all" else source.select(kept)
+        if sub is not batch_host and engine.device.type == "cuda":
+            sub = sub.pin_memory()  # async H2D
         sub = sub.to(engine.device, non_blocking=True)
+    if before_forward is not None:
+        before_forward()
     with timer.phase("forward"):
         out = engine.forward(sub)
     with timer.phase("backward"):
@@ -115,5 +127,5 @@ def sift_step(
         engine.step()
     return StepResult(
         loss=out.loss.detach(), num_correct=out.num_correct, num_rows=out.num_rows, plan=plan, kept=kept,
-        scores=scores, num_candidates=batch_host.size, batch=batch_host,
+        scores=scores, num_candidates=batch_host.size, batch=source,
     )

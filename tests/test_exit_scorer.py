@@ -1,0 +1,256 @@
+"""Fused Triton exit scorer vs an fp64 brute force (CPU interpreter; the same tests on CUDA, marked gpu)."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+pytest.importorskip("triton")
+
+from sift_fast.kernels.exit_scorer import (  # noqa: E402
+    exit_scorer,
+    exit_scorer_ref,
+    exit_scorer_rows,
+    exit_token_stats,
+    interpreting,
+)
+
+from sift_fast import ops  # noqa: E402
+
+IGN = -100
+if torch.cuda.is_available() and not interpreting():
+    DEVICES = [pytest.param("cuda", marks=pytest.mark.gpu)]
+else:
+    DEVICES = ["cpu"]
+DTYPES = [torch.float32, torch.bfloat16]
+CRITERIA = ["loss", "entropy"]
+
+
+def make(device, dtype, B=5, S=37, H=96, V=1000, frac=0.3, scale=1.0, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = (torch.randn(B, S, H, generator=g) * scale).to(dtype)
+    weight = (torch.randn(V, H, generator=g) * (scale * 0.15)).to(dtype)
+    b = torch.randn(V, generator=g) * 0.1 if bias else None
+    labels = torch.randint(0, V, (B, S), generator=g)
+    labels[torch.rand(B, S, generator=g) >= frac] = IGN
+    if B > 2:
+        labels[2] = IGN  # a sequence with no masked token
+    return [t.to(device) if t is not None else None for t in (hidden, weight, b, labels)]
+
+
+def stats64(rows, weight, bias, dtype):
+    """Full fp64 logits from the hidden-dtype inputs -> per-row (loss-less logp, entropy)."""
+    w = weight.to(dtype).double()
+    logits = rows.double() @ w.T
+    if bias is not None:
+        logits = logits + bias.to(dtype).double()
+    logp = torch.log_softmax(logits, -1)
+    return logp, -(logp.exp() * logp).sum(-1)
+
+
+def ref64(hidden, weight, bias, labels, criterion):
+    logp, ent = stats64(hidden, weight, bias, hidden.dtype)
+    mask = labels != IGN
+    loss = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    vals = torch.where(mask, loss if criterion == "loss" else ent, 0.0)
+    cnt = mask.sum(1)
+    return torch.where(cnt > 0, vals.sum(1) / cnt.clamp(min=1), float("-inf"))
+
+
+def check(out, ref, base, rel=2e-6):
+    """Kernel error <= 2x the torch backend's error (same dtype) + a small atol; same -inf pattern."""
+    out, ref, base = out.cpu().double(), ref.cpu().double(), base.cpu().double()
+    assert out.dtype == torch.float64 and not torch.isnan(out).any()
+    assert torch.equal(torch.isneginf(out), torch.isneginf(ref))
+    fin = torch.isfinite(ref)
+    if not fin.any():
+        return 0.0, 0.0
+    assert torch.isfinite(out[fin]).all()
+    err = (out - ref)[fin].abs().max().item()
+    err_t = (base - ref)[fin].abs().max().item()
+    atol = rel * (1.0 + ref[fin].abs().max().item())
+    assert err <= 2 * err_t + atol, (err, err_t, atol)
+    return err, err_t
+
+
+def run_both(hidden, weight, bias, labels, criterion):
+    with torch.no_grad():
+        out = exit_scorer(hidden, weight, bias, labels, criterion)
+        base = ops.exit_scores(hidden, weight, bias, labels, criterion, backend="torch")
+    assert out.dtype == torch.float32 and out.shape == (labels.shape[0],)
+    return out, base, ref64(hidden, weight, bias, labels, criterion)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("criterion", CRITERIA)
+def test_matches_fp64_with_ignored_and_empty_sequence(device, dtype, criterion):
+    hidden, weight, bias, labels = make(device, dtype)
+    out, base, ref = run_both(hidden, weight, bias, labels, criterion)
+    check(out, ref, base)
+    assert torch.isneginf(out[2])
+    # the chunked pure-PyTorch reference of the kernel agrees too
+    check(exit_scorer_ref(hidden, weight, bias, labels, criterion), ref, base)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("V", [3001, 30522])
+def test_vocab_tail(device, dtype, V):
+    # 30522 (BERT) and 3001 are not multiples of any vocab block: the padded tail must not count.
+    hidden, weight, bias, labels = make(device, dtype, B=3, S=9, H=40, V=V, frac=0.5, seed=1)
+    for criterion in CRITERIA:
+        check(*run_both(hidden, weight, bias, labels, criterion))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_all_masked_no_bias_many_row_blocks(device, dtype):
+    # 259 rows: more row blocks than persistent programs under the interpreter (splits = 1, tiles loop).
+    hidden, weight, _, labels = make(device, dtype, B=7, S=37, H=64, V=1000, frac=1.0, bias=False, seed=2)
+    labels[2] = torch.arange(37, device=device)  # make(...) cleared row 2; all masked again
+    assert (labels != IGN).all()
+    for criterion in CRITERIA:
+        check(*run_both(hidden, weight, None, labels, criterion))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_contiguous_inputs(device, dtype):
+    hidden, weight, bias, labels = make(device, dtype, B=4, S=21, H=48, V=700, frac=0.4, seed=3)
+    big = torch.zeros(21, 4, 96, dtype=dtype, device=device)
+    big[..., ::2] = hidden.transpose(0, 1)
+    hid_nc = big[..., ::2].transpose(0, 1)  # [B, S, H], strides (96, 384, 2)
+    lab_nc = labels.t().contiguous().t()
+    assert not hid_nc.is_contiguous() and not lab_nc.is_contiguous() and torch.equal(hid_nc, hidden)
+    w_nc = torch.zeros(48, 700, dtype=dtype, device=device)
+    w_nc.copy_(weight.t())
+    for criterion in CRITERIA:
+        out, base, ref = run_both(hid_nc, w_nc.t(), bias, lab_nc, criterion)
+        check(out, ref, base)
+        assert torch.equal(out, exit_scorer(hidden, weight, bias, labels, criterion))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_peaked_distribution(device, dtype):
+    # Weight rows equal to (scaled) hidden rows: one logit dominates, entropy ~ 0 with no cancellation.
+    hidden, weight, bias, labels = make(device, dtype, B=3, S=8, H=64, V=500, frac=1.0, bias=False, seed=4)
+    labels[2] = 5
+    flat = hidden.reshape(-1, 64)
+    for i in range(flat.shape[0]):
+        weight[i] = flat[i] * 4
+    labels.copy_(torch.arange(24, device=device).reshape(3, 8))
+    for criterion in CRITERIA:
+        out, base, ref = run_both(hidden, weight, None, labels, criterion)
+        check(out, ref, base)
+        assert out.max().item() < 1e-3  # loss and entropy both ~0 for every sequence
+        assert (out >= 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_logits_no_overflow(device, dtype):
+    hidden, weight, bias, labels = make(device, dtype, B=3, S=11, H=64, V=800, frac=0.6, scale=30.0, seed=5)
+    ref_logits = hidden.double().reshape(-1, 64) @ weight.double().T
+    assert ref_logits.abs().max() > 2e3  # exp() of these overflows fp32 without max-subtraction
+    for criterion in CRITERIA:
+        out, base, ref = run_both(hidden, weight, bias, labels, criterion)
+        assert not torch.isinf(out[torch.isfinite(ref)]).any()
+        check(out, ref, base)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp16(device):
+    hidden, weight, bias, labels = make(device, torch.float16, B=3, S=13, H=32, V=600, seed=6)
+    for criterion in CRITERIA:
+        check(*run_both(hidden, weight, bias, labels, criterion))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_bitwise(device):
+    hidden, weight, bias, labels = make(device, torch.bfloat16, B=6, S=37, H=64, V=1500, frac=0.5, seed=7)
+    a = exit_scorer(hidden, weight, bias, labels, "entropy")
+    b = exit_scorer(hidden, weight, bias, labels, "entropy")
+    assert torch.equal(a, b)
+    rows = hidden.reshape(-1, 64)[:150]
+    tgt = labels.reshape(-1)[:150]
+    sid = torch.arange(150, device=device) // 37
+    r1 = exit_scorer_rows(rows, weight, bias, tgt, sid, 5, "loss")
+    r2 = exit_scorer_rows(rows, weight, bias, tgt, sid, 5, "loss")
+    assert torch.equal(r1, r2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rows_api_unsorted_seq_ids(device, dtype):
+    g = torch.Generator().manual_seed(8)
+    n, H, V, nseq = 90, 48, 900, 7
+    rows = torch.randn(n, H, generator=g).to(dtype).to(device)
+    weight = (torch.randn(V, H, generator=g) * 0.2).to(dtype).to(device)
+    bias = (torch.randn(V, generator=g) * 0.1).to(device)
+    tgt = torch.randint(0, V, (n,), generator=g).to(device)
+    tgt[::5] = IGN
+    sid = torch.randint(0, nseq - 1, (n,), generator=g).to(device)
+    sid[sid == 4] = 3  # sequence 4 has no row
+    sid[torch.arange(n, device=device) % 10 == 0] = 6  # sequence 6: only ignored rows (0, 10, ... are ::5)
+    logp, ent = stats64(rows, weight, bias, dtype)
+    loss = -logp.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1)
+    valid = tgt != IGN
+    for criterion in CRITERIA:
+        vals = torch.where(valid, loss if criterion == "loss" else ent, 0.0)
+        sums = torch.zeros(nseq, dtype=torch.float64, device=device).index_add_(0, sid, vals)
+        cnt = torch.zeros(nseq, dtype=torch.float64, device=device).index_add_(0, sid, valid.double())
+        ref = torch.where(cnt > 0, sums / cnt.clamp(min=1), float("-inf"))
+        with torch.no_grad():
+            out = exit_scorer_rows(rows, weight, bias, tgt, sid, nseq, criterion)
+            base = ops.exit_scores_rows(rows, weight, bias, tgt, sid, nseq, criterion, backend="torch")
+        check(out, ref, base)
+        assert torch.isneginf(out[4]) and torch.isneginf(out[6])
+        # sorted fast path on the sorted layout gives the same scores
+        order = torch.sort(sid, stable=True).indices
+        fast = exit_scorer_rows(rows[order], weight, bias, tgt[order], sid[order], nseq, criterion,
+                                seq_ids_sorted=True)
+        torch.testing.assert_close(fast, out, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_token_stats(device, dtype):
+    hidden, weight, bias, labels = make(device, dtype, B=2, S=30, H=32, V=1100, frac=0.7, seed=9)
+    rows, tgt = hidden.reshape(-1, 32), labels.reshape(-1)
+    loss, ent = exit_token_stats(rows, weight, bias, tgt)
+    tl_, te_ = ops.token_stats_torch(rows, weight, bias, tgt)
+    logp, ent64 = stats64(rows, weight, bias, dtype)
+    loss64 = torch.where(tgt != IGN, -logp.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1), 0.0)
+    check(loss, loss64, tl_)
+    check(ent, ent64, te_)
+    assert (loss[tgt == IGN] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_only_and_dispatch(device):
+    hidden, weight, bias, labels = make(device, torch.float32, B=3, S=9, H=32, V=300, frac=0.5, seed=10)
+    w = weight.clone().requires_grad_(True)
+    with pytest.raises(RuntimeError, match="forward-only"):
+        exit_scorer(hidden, w, bias, labels, "loss")
+    with pytest.raises(RuntimeError, match="forward-only"):
+        sid = torch.zeros(27, dtype=torch.long, device=device)
+        exit_scorer_rows(hidden.reshape(-1, 32), w, bias, labels.reshape(-1), sid, 1, "loss")
+    with torch.no_grad():
+        direct = exit_scorer(hidden, w, bias, labels, "loss")
+        via_ops = ops.exit_scores(hidden, weight, bias, labels, "loss", backend="triton")
+    assert torch.equal(direct, via_ops)
+    with pytest.raises(ValueError, match="criterion"):
+        exit_scorer(hidden, weight, bias, labels, "margin")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nothing_masked(device):
+    hidden, weight, bias, labels = make(device, torch.float32, B=3, S=9, H=32, V=300, frac=0.0, seed=11)
+    assert (labels == IGN).all()
+    out = exit_scorer(hidden, weight, bias, labels, "loss")
+    assert torch.isneginf(out).all()
