@@ -4,10 +4,9 @@ Forward only: the SIFT scoring pass needs no gradients; the entry points raise i
 
 Pipeline (all on device, no host sync, no atomics, bitwise reproducible run to run):
 
-1. ``_count_kernel`` + ``_compact_kernel`` (``[B, S]`` entry only): a two-pass chunked scan of
-   ``labels != ignore_index`` writes the compacted row list ``idx`` (``b * S + s``), the compacted targets,
-   the per-sequence offsets into that list and the masked count into a device scalar. Buffers are sized
-   ``B * S`` (the worst case); later kernels read the count and skip work past it.
+1. ``compact_masked_rows`` (``[B, S]`` entry only, in ``masked_compaction``): compacts the positions with
+   ``labels != ignore_index`` into a row list ``idx``, their targets, per-sequence offsets and a device
+   count. Buffers are sized ``B * S`` (the worst case); later kernels read the count and skip work past it.
 2. ``_stats_kernel`` (persistent): a tile is (row block, vocab split). It gathers the rows through
    ``idx`` (any strides), tiles ``x @ W^T`` with ``tl.dot`` over ``BLOCK_V x BLOCK_K`` blocks, adds the bias,
    masks the vocab tail to ``-inf`` and keeps online fp32 row statistics over its vocab range: max ``m``,
@@ -24,20 +23,22 @@ Tiles: one fixed config per input dtype by default (the config fixes the summati
 bitwise reproducible across processes on one GPU model); ``SIFT_EXIT_AUTOTUNE=1`` autotunes 16-bit
 inputs over ``HOPPER_CONFIGS``. Under ``TRITON_INTERPRET=1`` (CPU) one fixed small config is used and
 ``tl.dot`` operands are upcast to fp32 (the interpreter mis-computes bf16 dots). Kernels are jitted on
-first launch, so the interpret flag is read at call time, not import time.
+first launch (``_jit.LazyKernel``), so the interpret flag is read at call time, not import time.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+
+from ._jit import LazyKernel, autotune_enabled, interpreting, lazy_jit, triton_configs
+from ._jit import check_device as _check_device
+from .masked_compaction import compact_masked_rows
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -69,109 +70,14 @@ INTERPRET_CONFIG: dict[str, int] = {"BLOCK_N": 32, "BLOCK_V": 128}
 INTERPRET_PROGRAMS = 8  # persistent programs (and split target) under the interpreter
 MAX_SPLITS = 32  # vocab splits per row block at most
 PROGRAMS_PER_SM = 2
-SCAN_CHUNK = 2048  # positions per program in the label compaction
 FINAL_BLOCK = 64  # rows per step in the epilogue
 STATS_SEGMENT = 512  # rows per program when exit_token_stats runs the epilogue
-
-
-def interpreting() -> bool:
-    """Whether Triton runs in the CPU interpreter (``TRITON_INTERPRET=1``), read now."""
-    try:
-        from triton import knobs
-
-        return bool(knobs.runtime.interpret)
-    except (ImportError, AttributeError):  # older triton
-        return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
-
-
-class LazyKernel:
-    """A Triton kernel jitted (and optionally autotuned) on first launch, once per interpret mode."""
-
-    def __init__(self, fn: Callable[..., Any], configs: Sequence[Any] | None = None, key: Sequence[str] = ()):
-        self.fn, self.configs, self.key = fn, configs, list(key)
-        self._cache: dict[tuple[bool, bool], Any] = {}
-        functools.update_wrapper(self, fn)
-
-    def get(self, autotune: bool = True) -> Any:
-        interp = interpreting()
-        tuned = autotune and self.configs is not None and not interp
-        jitted = self._cache.get((interp, tuned))
-        if jitted is None:
-            jitted = triton.jit(self.fn)
-            if tuned:
-                jitted = triton.autotune(configs=list(self.configs), key=self.key)(jitted)
-            self._cache[(interp, tuned)] = jitted
-        return jitted
-
-
-def lazy_jit(
-    fn: Callable[..., Any] | None = None, *, configs: Sequence[Any] | None = None, key: Sequence[str] = ()
-) -> Any:
-    """Decorator form of :class:`LazyKernel`."""
-    if fn is None:
-        return lambda f: LazyKernel(f, configs, key)
-    return LazyKernel(fn, configs, key)
-
-
-def autotune_enabled() -> bool:
-    """``SIFT_EXIT_AUTOTUNE=1``: autotune the statistics kernel (results then depend on the chosen config)."""
-    return os.environ.get("SIFT_EXIT_AUTOTUNE", "0") == "1"
-
-
-def _hopper_configs() -> list[Any]:
-    return [
-        triton.Config({"BLOCK_N": bn, "BLOCK_V": bv, "BLOCK_K": bk}, num_warps=w, num_stages=st)
-        for bn, bv, bk, w, st in HOPPER_CONFIGS
-    ]
 
 
 # --------------------------------------------------------------------------------------------- kernels
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
-
-
-@lazy_jit
-def _count_kernel(labels_ptr, chunk_cnt_ptr, total, S, stride_lb, stride_ls, ignore_index,
-                  CHUNK: tl.constexpr):
-    c = tl.program_id(0)
-    p = c * CHUNK + tl.arange(0, CHUNK)
-    ok = p < total
-    b = p // S
-    s = p - b * S
-    lab = tl.load(labels_ptr + b.to(tl.int64) * stride_lb + s.to(tl.int64) * stride_ls, mask=ok,
-                  other=ignore_index)
-    keep = ok & (lab != ignore_index)
-    tl.store(chunk_cnt_ptr + c, tl.sum(keep.to(tl.int32), 0))
-
-
-@lazy_jit
-def _compact_kernel(labels_ptr, chunk_cnt_ptr, idx_ptr, tgt_ptr, count_ptr, offs_ptr,
-                    total, S, B, stride_lb, stride_ls, ignore_index, n_chunks,
-                    CHUNK: tl.constexpr, BLOCK_C: tl.constexpr):
-    c = tl.program_id(0)
-    # Exclusive prefix of the per-chunk counts (fixed order: deterministic, no atomics).
-    acc = tl.zeros([BLOCK_C], dtype=tl.int32)
-    for c0 in range(0, c, BLOCK_C):
-        cc = c0 + tl.arange(0, BLOCK_C)
-        acc += tl.load(chunk_cnt_ptr + cc, mask=cc < c, other=0)
-    base = tl.sum(acc, 0)
-    p = c * CHUNK + tl.arange(0, CHUNK)
-    ok = p < total
-    b = p // S
-    s = p - b * S
-    lab = tl.load(labels_ptr + b.to(tl.int64) * stride_lb + s.to(tl.int64) * stride_ls, mask=ok,
-                  other=ignore_index)
-    keep = ok & (lab != ignore_index)
-    ki = keep.to(tl.int32)
-    pos = base + tl.cumsum(ki, 0) - ki
-    tl.store(idx_ptr + pos, p, mask=keep)
-    tl.store(tgt_ptr + pos, lab, mask=keep)
-    tl.store(offs_ptr + b, pos, mask=ok & (s == 0))  # first row of sequence b in the compacted list
-    if c == n_chunks - 1:
-        n = base + tl.sum(ki, 0)
-        tl.store(count_ptr, n)
-        tl.store(offs_ptr + B, n)
 
 
 def _stats_kernel_fn(
@@ -249,7 +155,9 @@ def _stats_kernel_fn(
 
 
 _stats_kernel = LazyKernel(_stats_kernel_fn, configs=None)
-_stats_kernel_tuned = LazyKernel(_stats_kernel_fn, configs=_hopper_configs(), key=["H", "V", "n_bucket"])
+_stats_kernel_tuned = LazyKernel(
+    _stats_kernel_fn, configs=triton_configs(HOPPER_CONFIGS), key=["H", "V", "n_bucket"]
+)
 
 
 @lazy_jit
@@ -309,18 +217,6 @@ def _check_forward_only(*tensors: torch.Tensor | None) -> None:
         raise RuntimeError(
             "exit_scorer is forward-only (the scoring pass needs no gradients); "
             "call it under torch.no_grad() or pass detached tensors"
-        )
-
-
-def _check_device(*tensors: torch.Tensor | None) -> None:
-    devs = {t.device for t in tensors if t is not None}
-    if len(devs) != 1:
-        raise ValueError(f"all inputs must be on one device, got {sorted(map(str, devs))}")
-    dev = devs.pop()
-    if dev.type != "cuda" and not interpreting():
-        raise RuntimeError(
-            f"the Triton exit scorer needs CUDA tensors (got {dev}); set TRITON_INTERPRET=1 for the CPU "
-            "interpreter or use the torch backend"
         )
 
 
@@ -439,23 +335,8 @@ def exit_scorer(
     total = B * S
     if total == 0:
         return torch.full((B,), float("-inf"), dtype=torch.float32, device=dev)
-    if total >= 2**31:
-        raise ValueError(f"B * S = {total} positions exceed the int32 row index")
     with torch.no_grad():
-        n_chunks = triton.cdiv(total, SCAN_CHUNK)
-        chunk_cnt = torch.empty((n_chunks,), dtype=torch.int32, device=dev)
-        idx = torch.empty((total,), dtype=torch.int32, device=dev)
-        tgt = torch.empty((total,), dtype=labels.dtype, device=dev)
-        count = torch.empty((1,), dtype=torch.int32, device=dev)
-        offs = torch.empty((B + 1,), dtype=torch.int32, device=dev)
-        lstrides = (labels.stride(0), labels.stride(1))
-        _count_kernel.get()[(n_chunks,)](
-            labels, chunk_cnt, total, S, *lstrides, ignore_index, CHUNK=SCAN_CHUNK
-        )
-        _compact_kernel.get()[(n_chunks,)](
-            labels, chunk_cnt, idx, tgt, count, offs, total, S, B, *lstrides, ignore_index, n_chunks,
-            CHUNK=SCAN_CHUNK, BLOCK_C=128,
-        )
+        idx, tgt, offs, count = compact_masked_rows(labels, ignore_index)
         part, splits, pstride = _launch_stats(
             hidden, (hidden.stride(0), hidden.stride(1), hidden.stride(2)), S, w, b, idx, tgt, count, total
         )

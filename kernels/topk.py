@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .exit_scorer import _check_device, lazy_jit
+from ._jit import check_device as _check_device
+from ._jit import lazy_jit
 
 __all__ = ["MAX_SINGLE_PROGRAM", "topk_indices", "topk_ref", "topk_torch"]
 
