@@ -68,3 +68,24 @@ def test_exit_layer_range_checked():
         model.exit_hidden(batch(), 3)
     with pytest.raises(ValueError):
         model.exit_hidden(batch(), 0)
+
+
+def test_unpadded_batches_run_maskless_with_identical_results():
+    import numpy as np
+
+    from sift_fast.data import make_batch
+
+    ids = np.random.default_rng(0).integers(5, 97, size=(4, 16))
+    ids[2, 12:] = 1  # pad id 1: row 2 is padded
+    labels = np.full((4, 16), -100)
+    labels[:, 3] = 7
+    b = make_batch(ids, labels, np.arange(4), pad_id=1)
+    assert b.has_padding and b.model_attention_mask is not None
+    sub = b.select([0, 3])
+    assert not sub.has_padding and sub.model_attention_mask is None
+    assert b.select([3, 2]).row_padded.tolist() == [False, True]
+    model = tiny().eval()
+    with torch.no_grad():
+        a = model(sub.input_ids, None, sub.masked_index, sub.masked_targets).loss
+        m = model(sub.input_ids, sub.attention_mask, sub.masked_index, sub.masked_targets).loss
+    assert torch.equal(a, m)

@@ -26,11 +26,28 @@ class Batch:
     masked_seq: torch.Tensor  # int64 [M]
     epoch: int = 0
     masked_row_ptr: torch.Tensor | None = field(default=None, repr=False)  # CPU int64 [B+1]
+    row_padded: torch.Tensor | None = field(default=None, repr=False)  # CPU bool [B]: row has padding
 
     def __post_init__(self) -> None:
         if self.masked_row_ptr is None:
             counts = torch.bincount(self.masked_seq.cpu(), minlength=self.size)  # syncs if on device
             self.masked_row_ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        if self.row_padded is None:
+            self.row_padded = (self.attention_mask == 0).any(1).cpu()  # syncs if on device
+
+    @property
+    def has_padding(self) -> bool:
+        """Whether any row is padded (known on the host)."""
+        return bool(self.row_padded.any())
+
+    @property
+    def model_attention_mask(self) -> torch.Tensor | None:
+        """The attention mask to give the model: ``None`` for an unpadded batch.
+
+        HF builds no mask from ``None`` (SDPA then runs unmasked), and it avoids the device-side
+        ``mask.all()`` check, a host sync, that HF runs on a given mask.
+        """
+        return self.attention_mask if self.has_padding else None
 
     @property
     def size(self) -> int:
@@ -88,6 +105,7 @@ class Batch:
             masked_seq=new_seq_dev,
             epoch=self.epoch,
             masked_row_ptr=torch.from_numpy(new_ptr),
+            row_padded=self.row_padded[torch.from_numpy(rows_host)],
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:

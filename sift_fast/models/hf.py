@@ -78,14 +78,16 @@ class MLMEncoder(nn.Module):
         dec = self.decoder
         return dec.weight, dec.bias
 
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embedding output and the attention mask in the form the layers take."""
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embedding output and the attention mask in the form the layers take (``None``: no padding)."""
         h = self.embeddings(input_ids=input_ids)
         mask = create_bidirectional_mask(config=self.hf.config, inputs_embeds=h, attention_mask=attention_mask)
         return h, mask
 
     def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_layers: int | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_layers: int | None = None
     ) -> torch.Tensor:
         """Hidden state after the first ``num_layers`` layers (all by default)."""
         h, mask = self.embed(input_ids, attention_mask)
@@ -100,7 +102,7 @@ class MLMEncoder(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         masked_index: torch.Tensor,
         masked_targets: torch.Tensor,
     ) -> MLMOutput:
@@ -122,7 +124,8 @@ class MLMEncoder(nn.Module):
         if not 1 <= k <= self.num_layers:
             raise ValueError(f"exit layer must be in [1, {self.num_layers}], got {k}")
         with eval_mode([self.embeddings, *self.layers[:k]]):
-            return self.encode(batch.input_ids, batch.attention_mask, num_layers=k)
+            mask = getattr(batch, "model_attention_mask", batch.attention_mask)
+            return self.encode(batch.input_ids, mask, num_layers=k)
 
     @torch.no_grad()
     def exit_rows(self, batch, k: int, index: torch.Tensor) -> torch.Tensor:

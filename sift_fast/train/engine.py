@@ -57,7 +57,7 @@ class TorchEngine:
 
     def forward(self, batch) -> MLMOutput:
         with self.autocast():
-            return self.module(batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_targets)
+            return self.module(batch.input_ids, batch.model_attention_mask, batch.masked_index, batch.masked_targets)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

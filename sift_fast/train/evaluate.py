@@ -22,7 +22,7 @@ def evaluate(model: MLMEncoder, batches: list, device: torch.device,
                 continue
             b = batch.to(device, non_blocking=True)
             with autocast or contextlib.nullcontext():
-                out = model(b.input_ids, b.attention_mask, b.masked_index, b.masked_targets)
+                out = model(b.input_ids, b.model_attention_mask, b.masked_index, b.masked_targets)
             total_loss += out.loss.double() * out.num_rows
             total_correct += out.num_correct
             total_rows += out.num_rows

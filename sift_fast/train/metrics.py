@@ -83,9 +83,10 @@ def format_step_line(rec: dict[str, Any], max_steps: int) -> str:
     parts += [
         f"samples/s {rec['samples_per_s']:.1f}",
         f"bp/s {rec['backprop_samples_per_s']:.1f}",
-        f"score {100 * rec['score_share']:.1f}%",
+        f"score {100 * rec['score_share']:.1f}%"
+        + (f" ({1000 * rec['score_time_s']:.0f}ms)" if rec.get("score_time_s") else ""),
     ]
-    if rec.get("score_hidden_share") is not None:
+    if rec.get("score_hidden_share"):
         parts.append(f"hidden {100 * rec['score_hidden_share']:.0f}%")
     parts.append(f"lr {rec['lr']:.2e}")
     mem = rec.get("mem_mib")

@@ -57,6 +57,11 @@ def score_candidates(
         )
 
 
+def criterion_for(selection: str) -> str:
+    """The scoring criterion of a selection mode (``random`` pays for ``loss`` when asked to)."""
+    return "loss" if selection in ("loss", "random") else "entropy"
+
+
 def wants_scores(plan: Plan, cfg: SiftConfig) -> bool:
     """Whether this step's plan runs the scoring pass (``random`` may pay for it to match compute)."""
     return plan.mode == "score" or (plan.mode == "uniform" and cfg.selection == "random" and cfg.random_pays_scoring)
@@ -64,7 +69,7 @@ def wants_scores(plan: Plan, cfg: SiftConfig) -> bool:
 
 def compute_scores(engine, selector: Selector, cfg: SiftConfig, batch_host, exit_layer: int, timer) -> torch.Tensor:
     """Scoring pass of a host batch on the engine's device; returns host scores ``[C]``."""
-    criterion = "loss" if cfg.selection in ("loss", "random") else "entropy"
+    criterion = criterion_for(cfg.selection)
     with timer.phase("score"):
         positions = selector.score_subset(batch_host.masked_seq, cfg.score_tokens) if cfg.score_tokens else None
         cand = batch_host.to(engine.device, non_blocking=True)
