@@ -136,3 +136,19 @@ def test_hub_failure_is_one_line(monkeypatch):
     with pytest.raises(DataError) as info:
         load_tokenizer("some-org/some-model")
     assert "\n" not in str(info.value) and "some-org/some-model" in str(info.value)
+
+
+def test_trained_vocab_is_identical_across_processes():
+    """WordPiece training numbers tied tokens in hash-map order (it differs between processes); ids are
+    renumbered canonically, so a corpus gives the same vocab, ids included, in every process."""
+    import subprocess
+    import sys
+
+    code = (
+        "from sift_fast.data import read_documents, load_tokenizer;"
+        "v = load_tokenizer('train', train_texts=read_documents('bundled')[:40], vocab_size=1500);"
+        "print(v.fingerprint)"
+    )
+    prints = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+              for _ in range(3)}
+    assert len(prints) == 1, prints

@@ -158,7 +158,7 @@ def _from_hub(name: str) -> Tokenizer:
 
 
 def _texts_key(texts: Iterable[str], vocab_size: int, lowercase: bool) -> tuple[str, list[str]]:
-    h = hashlib.sha256(f"wordpiece-v1|{vocab_size}|{int(lowercase)}".encode())
+    h = hashlib.sha256(f"wordpiece-v2|{vocab_size}|{int(lowercase)}".encode())
     kept = []
     for t in texts:
         kept.append(t)
@@ -183,6 +183,7 @@ def _train(texts: Iterable[str], vocab_size: int, cache_dir: str | Path | None, 
         vocab_size=vocab_size, special_tokens=list(BERT_SPECIALS), show_progress=False
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok = _canonical_ids(tok)
     tok = bert_wordpiece_pipeline(tok, lowercase)  # template needs the [CLS]/[SEP] ids known only now
     if cache_file is not None:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +196,19 @@ def _train(texts: Iterable[str], vocab_size: int, cache_dir: str | Path | None, 
             if os.path.exists(tmp):
                 os.unlink(tmp)
     return tok
+
+
+def _canonical_ids(tok: Tokenizer) -> Tokenizer:
+    """Renumber a trained WordPiece deterministically: specials first, then the tokens sorted.
+
+    The trainer picks the same token set run to run but numbers tokens of tied counts in hash-map
+    order, which differs between processes; WordPiece tokenization depends only on the set.
+    """
+    vocab = tok.get_vocab()
+    rest = sorted(t for t in vocab if t not in BERT_SPECIALS)
+    ordered = [t for t in BERT_SPECIALS if t in vocab] + rest
+    return Tokenizer(models.WordPiece(vocab={t: i for i, t in enumerate(ordered)}, unk_token="[UNK]",
+                                      max_input_chars_per_word=100))
 
 
 def _vocab_from_tokenizer(tok: Tokenizer, source: str) -> Vocab:
