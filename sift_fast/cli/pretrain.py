@@ -5,9 +5,11 @@ Runs unchanged under ``torchrun`` / the ``deepspeed`` launcher when ``--deepspee
 
 from __future__ import annotations
 
+import os
 import sys
 
 from sift_fast.cli.args import OneLineParser, add_config_flags, config_from_args, run_cli
+from sift_fast.errors import ConfigError
 
 
 def build_parser() -> OneLineParser:
@@ -26,6 +28,10 @@ def build_parser() -> OneLineParser:
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     cfg = config_from_args(args)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and not getattr(args, "deepspeed", False):
+        raise ConfigError(f"launched with WORLD_SIZE={world} but without --deepspeed: every rank would train "
+                          "alone and write to the same --out; add --deepspeed (and --deepspeed_config)")
     if getattr(args, "deepspeed", False):
         from sift_fast.distributed.launch import run_deepspeed
 

@@ -24,6 +24,7 @@ from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_s
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
 from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, atomic_write_json, format_step_line
+from sift_fast.train.overlap import build_overlap, resolve_pending, resolve_scores
 from sift_fast.train.step import StepResult, compute_scores, sift_step, wants_scores
 
 EngineFactory = Callable[[Any, Config, torch.device], Any]
@@ -80,6 +81,7 @@ class Trainer:
         self.timer = StepTimer(self.device)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0)
         self.console = console or Console(enabled=self.rank0)
+        self.overlap, self.overlap_scorer = build_overlap(self.overlap, self.engine, self.device, self.console.log)
         self.ttt = TimeToTarget(cfg.train.targets)
         self.step = 0
         self.train_time = 0.0
@@ -95,7 +97,7 @@ class Trainer:
             "backprop_samples": self.backprop_samples, "exit_layer": self.exit_layer,
             "engine": self.engine.state_dict(), "loader": self.loader.state_dict(),
             "selector": self.selector.state_dict(), "ttt": self.ttt.state_dict(), "rng": rng_state(),
-            "pending": self.pending, "config": self.cfg.to_dict(),
+            "pending": resolve_pending(self.pending), "config": self.cfg.to_dict(),
             "hooks": {h.name: h.state_dict() for h in self.step_hooks if hasattr(h, "state_dict")},
         }
 
@@ -114,14 +116,24 @@ class Trainer:
                 h.load_state_dict(state["hooks"][h.name])
 
     def save(self) -> None:
-        if self.rank0:
+        if hasattr(self.engine, "save_checkpoint"):  # DeepSpeed: collective, every rank writes its part
+            self.engine.save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(),
+                                        self.cfg.train.keep_checkpoints)
+        elif self.rank0:
             save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(), self.cfg.train.keep_checkpoints)
 
     def maybe_resume(self) -> bool:
-        path = latest_checkpoint(self.out / "checkpoints")
-        if path is None:
-            return False
-        self.load_state_dict(load_checkpoint(path))
+        if hasattr(self.engine, "load_checkpoint"):  # DeepSpeed: loads its part, returns (trainer state, path)
+            found = self.engine.load_checkpoint(self.out / "checkpoints")
+            if found is None:
+                return False
+            state, path = found
+        else:
+            path = latest_checkpoint(self.out / "checkpoints")
+            if path is None:
+                return False
+            state = load_checkpoint(path)
+        self.load_state_dict(state)
         self.metrics.truncate_after(self.step)
         self.console.log(f"resumed from {path} at step {self.step}")
         return True
@@ -132,7 +144,7 @@ class Trainer:
         if self.pending is not None:
             batch, scores = self.pending
             self.pending = None
-            return batch, scores
+            return batch, resolve_scores(scores)  # overlap=on: waits for the side stream's scores
         with self.timer.phase("data"):
             batch = self.loader.next_batch()
             return (batch.pin_memory() if self.device.type == "cuda" else batch), None
@@ -141,28 +153,34 @@ class Trainer:
         """Stale rule: fetch batch t+1 and score it with step t's weights (before the update)."""
         with self.timer.phase("data"):
             nxt = self.loader.next_batch()
+            nxt = nxt.pin_memory() if self.device.type == "cuda" else nxt
         plan = self.selector.plan(self.step + 1)
         scores = None
         if wants_scores(plan, self.cfg.sift):
-            scores = compute_scores(self.engine, self.selector, self.cfg.sift, nxt, self.exit_layer, self.timer)
+            score = self.overlap_scorer.launch if self.overlap_scorer is not None else compute_scores
+            scores = score(self.engine, self.selector, self.cfg.sift, nxt, self.exit_layer, self.timer)
         self.pending = (nxt, scores)
 
     def train_step(self) -> StepResult:
         batch, scores = self.next_batch()
-        stale = self.overlap == "sequential-stale" and self.step + 1 < self.cfg.train.max_steps
+        stale = self.overlap in ("sequential-stale", "on") and self.step + 1 < self.cfg.train.max_steps
+        side = self.overlap_scorer  # overlap=on: launch after selection, fence before the update
         return sift_step(
             self.engine, self.selector, batch, self.step, self.cfg.sift, self.timer, exit_layer=self.exit_layer,
-            scores=scores, after_backward=self._score_next if stale else None, select_fn=self.select_fn,
+            scores=scores, select_fn=self.select_fn,
+            before_forward=self._score_next if stale and side else None,
+            after_backward=(side.fence if side else self._score_next) if stale else None,
         )
 
     # --- logging ----------------------------------------------------------------------------------
     def _step_record(self, step: int, res: StepResult, loss: float, step_time: float,
                      phases: dict[str, float]) -> dict:
-        n_kept = int(res.kept.numel())
+        world = self.engine.world_size  # data parallel: every rank has the same candidate and kept counts
+        n_kept, n_cand = int(res.kept.numel()) * world, res.num_candidates * world
         rec: dict[str, Any] = {
             "type": "step", "step": step, "loss": loss, "mode": res.plan.mode,
-            "candidates": res.num_candidates, "kept": n_kept, "lr": self.engine.lr(),
-            "step_time_s": step_time, "samples_per_s": res.num_candidates / max(step_time, 1e-9),
+            "candidates": n_cand, "kept": n_kept, "lr": self.engine.lr(),
+            "step_time_s": step_time, "samples_per_s": n_cand / max(step_time, 1e-9),
             "backprop_samples_per_s": n_kept / max(step_time, 1e-9),
             "exit_layer": self.exit_layer,
             "score_share": phases.get("score", 0.0) / max(sum(phases.values()), 1e-9),
@@ -226,8 +244,8 @@ class Trainer:
                 dt = self.clock() - t0
                 profile.step_end(self.step)
                 self.train_time += dt
-                self.samples += res.num_candidates
-                self.backprop_samples += int(res.kept.numel())
+                self.samples += res.num_candidates * self.engine.world_size  # global counts
+                self.backprop_samples += int(res.kept.numel()) * self.engine.world_size
                 buffered.append((res, dt))
                 self.step += 1
                 for hook in self.step_hooks:
@@ -261,10 +279,13 @@ class Trainer:
         phases = self.timer.results()
         first = self.step - len(buffered)
         wall = self.train_time - sum(dt for _, dt in buffered)
+        score = {"score_time_s": phases.get("score", 0.0) / len(buffered),  # mean per step of this window
+                 "score_hidden_share": self.overlap_scorer.hidden_share() if self.overlap_scorer else 0.0}
         for i, ((res, dt), loss) in enumerate(zip(buffered, losses)):
             wall += dt
             rec = self._step_record(first + i + 1, res, loss, dt, phases)
             rec["wall_s"] = wall
+            rec.update(score)
             self.metrics.write(rec)
         due = self.step // self.cfg.train.nvml_every > (self.step - len(buffered)) // self.cfg.train.nvml_every
         if nvml is not None and due and (s := nvml.summary()):
