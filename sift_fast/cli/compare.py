@@ -17,9 +17,11 @@ from sift_fast.cli.arms import arm_overrides
 from sift_fast.cli.report import render_markdown, render_plot, render_table
 from sift_fast.train.metrics import atomic_write_json
 
-# The no-argument run: proxy-12 on the bundled corpus, four minutes of training per arm.
+# The no-argument run: proxy-12 on the bundled corpus, four CPU-minutes of training per arm.
 QUICK_DEFAULTS = {"time_budget_s": 240.0, "max_steps": 100000, "eval_every": 25, "log_every": 25,
                   "targets": (0.04, 0.06, 0.08, 0.1, 0.12, 0.14), "out": "runs/compare"}
+# On CPU the arms are timed in process CPU-seconds on one thread: ratios then hold on a shared machine.
+CPU_DEFAULTS = {"clock": "process", "num_threads": 1}
 
 
 def build_parser() -> OneLineParser:
@@ -61,7 +63,10 @@ def _main(argv: list[str] | None) -> int:
     for a in arms:
         arm_overrides(a, config_from_args(args))  # validate names before any training
     cfg = config_from_args(args)
-    defaults = {k: v for k, v in QUICK_DEFAULTS.items() if k not in given}
+    from sift_fast.train.builder import resolve_device
+
+    on_cpu = resolve_device(cfg.train.device).type == "cpu"
+    defaults = {k: v for k, v in {**QUICK_DEFAULTS, **(CPU_DEFAULTS if on_cpu else {})}.items() if k not in given}
     if defaults:
         cfg = cfg.replace(**defaults)
     out = Path(cfg.train.out)

@@ -62,7 +62,8 @@ def render_markdown(report: dict[str, Any]) -> str:
            f"preset `{cfg['preset']}`, data `{cfg['data']['data']}`, candidates {cfg['sift']['candidates']}, "
            f"keep {cfg['sift']['keep']}, exit layer {cfg['sift']['exit_layer']}, seed {cfg['train']['seed']}, "
            f"budget {cfg['train']['time_budget_s']:.0f}s / {cfg['train']['max_steps']} steps per arm.", "",
-           "Time to each validation MLM accuracy target (training wall-clock, eval excluded; ratio to baseline).",
+           f"Time to each validation MLM accuracy target (training time, clock `{cfg['train']['clock']}`, "
+           f"{cfg['train']['num_threads'] or 'default'} thread(s), eval excluded; ratio to baseline).",
            "", "| " + " | ".join(HEAD + [f"t@{t}" for t in targets]) + " |", "|" + "---|" * (5 + len(targets))]
     out += ["| " + " | ".join(_cells(r, targets, "×")) + " |" for r in rows(report)]
     out.append("")
