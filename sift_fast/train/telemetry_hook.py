@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from sift_fast.models.hf import MLMEncoder, eval_mode
-from sift_fast.ops import select_topk, segment_mean, token_stats_torch
+from sift_fast.ops import segment_mean, select_topk, token_stats_torch
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
