@@ -363,7 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python bench/time_to_accuracy.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if a != "--report-only"]
+    command = "python bench/time_to_accuracy.py " + shlex.join(given)
     results = Path(args.results)
     for corpus, preset, c, keep in itertools.product(args.corpus, args.preset, args.candidates, args.keep):
         cname = corpus if corpus in CORPORA else Path(corpus).stem
