@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sift_fast.train.metrics import atomic_savefig
+
 
 def load(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The run's telemetry records and exit-layer changes, in step order."""
@@ -89,11 +91,7 @@ def render(runs: list[Path], out: Path, skip: int) -> str:
     axes[1, 1].grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out)
+    atomic_savefig(fig, out, dpi=100)
     return table(rows)
 
 

@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from sift_fast.cli.arms import arm_overrides  # noqa: E402
 from sift_fast.config import Config, build_config  # noqa: E402
-from sift_fast.train.metrics import atomic_write_json, atomic_write_text  # noqa: E402
+from sift_fast.train.metrics import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 CORPORA = {"wiki": "bundled", "linux-docs": str(ROOT.parent / "shared" / "data" / "linux-docs-prose.txt")}
 HARNESS_ARMS = ("baseline", "entropy", "loss", "random", "random-free", "sb", "anneal", "auto")
@@ -300,11 +300,7 @@ def render_plot(rep: dict[str, Any], path: Path) -> None:
     axes[0, 0].legend()
     fig.suptitle(f"{meta['name']}: one line per seed", fontsize=11)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path, dpi=100)
 
 
 def write_report(group: Path, results: Path, meta: dict[str, Any], acc_t, loss_t) -> Path:
