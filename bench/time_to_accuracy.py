@@ -87,6 +87,23 @@ def arm_config(base: Config, arm: str, seed: int, out: Path, group: Path) -> Con
     return base.replace(**over, seed=seed, out=str(out))
 
 
+def shared_baseline(group: Path, seed: int) -> Path | None:
+    """A finished baseline of the same seed in a sibling group that differs only in ``keep``.
+
+    Selection ``none`` never reads ``keep`` (every candidate is backpropagated), so the baseline run of
+    ``..._k0.5_...`` is the baseline of ``..._k0.25_...`` too; reusing it saves a whole run per seed.
+    """
+    head, sep, tail = group.name.partition("_k")
+    rest = tail.partition("_")[2]
+    if not sep or not rest:
+        return None
+    for sib in sorted(group.parent.glob(f"{head}_k*_{rest}")):
+        src = sib / f"baseline_s{seed}"
+        if sib != group and not src.is_symlink() and (src / "summary.json").exists():
+            return src
+    return None
+
+
 def run_one(cfg: Config, data) -> None:
     """Train one run, continuing from its checkpoint when one exists."""
     from sift_fast.train.checkpoint import latest_checkpoint
@@ -119,7 +136,7 @@ def crossing(evals: list[dict[str, Any]], key: str, level: float, higher: bool) 
             pv = prev[key]
             f = 1.0 if pv == v else (level - pv) / (v - pv)
             return {x: prev[x] + f * (e[x] - prev[x]) for x in ("wall_s", "samples", "backprop_samples", "step")}
-        prev = e
+        prev = e if v == v else None  # a NaN eval is no point to interpolate from
     return None
 
 
@@ -235,8 +252,12 @@ def render_markdown(rep: dict[str, Any]) -> str:
            f"{meta['keep']}, exit layer {meta['exit_layer']}, budget {meta['budget_s']:g} {unit} per run, "
            f"seeds {meta['seeds']}. Mean ± sd over the seeds that reached the target (n reached / n run); "
            "ratio = arm / baseline of the same seed, mean ± sd. Times are training time, eval excluded, "
-           "interpolated between evaluations.", "",
-           "| arm | seeds | steps | time/step | final acc | best acc | final val loss |",
+           "interpolated between evaluations.", ""]
+    shared = sorted(str(p.name) for p in Path(meta["runs_dir"]).glob("baseline_s*") if p.is_symlink())
+    if shared:
+        out += [f"Baseline runs {', '.join(shared)} are shared with the same-seed baseline of another keep "
+                "value (selection `none` never reads keep).", ""]
+    out += ["| arm | seeds | steps | time/step | final acc | best acc | final val loss |",
            "|---|---|---|---|---|---|---|"]
     for a in arms:
         r = s["arms"][a]
@@ -375,6 +396,13 @@ def main(argv: list[str] | None = None) -> int:
         for seed, arm in itertools.product(args.seeds, args.arms):
             run = group / f"{arm}_s{seed}"
             if args.report_only or (run / "summary.json").exists():
+                continue
+            src = shared_baseline(group, seed) if arm == "baseline" and not run.exists() else None
+            if src is not None:
+                group.mkdir(parents=True, exist_ok=True)
+                run.symlink_to(os.path.relpath(src, group))
+                print(f"== {name}: baseline seed {seed} shared from {src} (keep is unused by baseline)",
+                      file=sys.stderr, flush=True)
                 continue
             if data is None:
                 from sift_fast.train.builder import build_data

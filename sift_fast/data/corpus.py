@@ -78,6 +78,13 @@ def read_documents(spec: str, *, text_key: str = "text") -> list[str]:
     detokenized first). Raises DataError for a missing file or a corpus without text.
     """
     spec = str(spec)
+    from sift_fast.data.indexed import is_indexed
+
+    if is_indexed(spec):
+        raise DataError(
+            f"corpus {spec} is a Megatron indexed dataset (already tokenized): it has no text to train a "
+            "tokenizer on; pass --vocab with the tokenizer it was preprocessed with"
+        )
     if spec == "bundled":
         docs = _read_txt(BUNDLED_CORPUS)
     elif spec.startswith("hf:"):

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from sift_fast.data.corpus import read_documents
-from sift_fast.data.packing import pack_sequences
+from sift_fast.data.indexed import IndexedTokens, is_indexed
+from sift_fast.data.packing import pack_flat, pack_sequences
 from sift_fast.data.tokenizer import Vocab
 from sift_fast.errors import ConfigError, DataError
 
@@ -98,6 +99,8 @@ def build_corpus(
         raise ConfigError(f"max_valid_sequences must be >= 1 or None, got {max_valid_sequences}")
     if max_train_tokens is not None and max_train_tokens < 1:
         raise ConfigError(f"max_train_tokens must be >= 1 or None, got {max_train_tokens}")
+    if is_indexed(docs_spec):
+        return _pack_indexed(docs_spec, vocab, seq_len, valid_fraction, max_valid_sequences, max_train_tokens)
     docs = read_documents(docs_spec, text_key=text_key)
     key = cache_key(content_hash(docs), vocab, seq_len, valid_fraction, max_valid_sequences, max_train_tokens)
     cache_dir = Path(cache_dir)
@@ -124,6 +127,40 @@ def build_corpus(
     _save_npy(train_path, train)
     _save_npy(valid_path, valid)
     return PackedCorpus(train=train, valid=valid)
+
+
+def _pack_indexed(
+    spec: str,
+    vocab: Vocab,
+    seq_len: int,
+    valid_fraction: float,
+    max_valid_sequences: int | None,
+    max_train_tokens: int | None,
+) -> PackedCorpus:
+    """Pack a Megatron ``.bin``/``.idx`` corpus (already tokenized with ``vocab``'s ids; no cache needed)."""
+    ds = IndexedTokens(spec)
+    tokens, offsets = ds.flat()
+    if tokens.size and (int(tokens.max()) >= vocab.vocab_size or int(tokens.min()) < 0):
+        raise DataError(
+            f"{ds.bin_path}: token id {int(tokens.max())} is outside the vocabulary ({vocab.vocab_size} ids); "
+            "pass --vocab with the tokenizer the dataset was preprocessed with"
+        )
+    lengths = np.diff(offsets)
+    keep = lengths > 0
+    starts, lengths = offsets[:-1][keep], lengths[keep]
+    cut = split_documents(lengths.tolist(), valid_fraction)
+
+    def part(a: int, b: int) -> np.ndarray:
+        t = np.concatenate([tokens[s : s + n] for s, n in zip(starts[a:b], lengths[a:b])]) if b > a else tokens[:0]
+        off = np.concatenate([[0], np.cumsum(lengths[a:b])]).astype(np.int64)
+        return pack_flat(t, off, seq_len, vocab.cls_id, vocab.sep_id, vocab.pad_id)
+
+    train, valid = part(0, cut), part(cut, len(lengths))
+    if max_train_tokens is not None:
+        train = train[: max(1, max_train_tokens // seq_len)]
+    if max_valid_sequences is not None:
+        valid = valid[:max_valid_sequences]
+    return PackedCorpus(train=np.ascontiguousarray(train), valid=np.ascontiguousarray(valid))
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

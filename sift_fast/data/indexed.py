@@ -1,0 +1,206 @@
+"""Megatron-LM's indexed dataset format (``PREFIX.bin`` + ``PREFIX.idx``): read (memory-mapped) and write.
+
+A corpus tokenized by Megatron's ``tools/preprocess_data.py`` (or by ``sift-preprocess``) trains here
+unchanged. Layout of ``PREFIX.idx`` (little endian)::
+
+    b"MMIDIDX\\x00\\x00"  u64 version = 1   u8 dtype code   u64 S = #sequences   u64 D = #document indices
+    i32 lengths[S]   i64 byte pointers into .bin[S]   i64 document indices[D]   (i8 modes[S]: multimodal only)
+
+``PREFIX.bin`` is the token ids of every sequence back to back in the dtype of the code (``uint16``
+for vocabularies under 65500 tokens, else ``int32``). Document ``d`` is sequences
+``document_indices[d] : document_indices[d + 1]`` (one per document, or one per sentence with
+``--split-sentences``); ``document_indices`` starts at 0, so there are ``D - 1`` documents.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from sift_fast.errors import DataError
+
+INDEX_HEADER = b"MMIDIDX\x00\x00"
+INDEX_VERSION = 1
+DTYPE_CODES: dict[int, type[np.number]] = {
+    1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16,
+}
+_INTEGER_CODES = {1, 2, 3, 4, 5, 8}
+_FIXED = len(INDEX_HEADER) + 8 + 1 + 8 + 8
+
+
+def code_of(dtype: type[np.number] | np.dtype) -> int:
+    dt = np.dtype(dtype)
+    for code, t in DTYPE_CODES.items():
+        if np.dtype(t) == dt:
+            return code
+    raise ValueError(f"dtype {dt} has no Megatron code")
+
+
+def token_dtype(vocab_size: int) -> type[np.number]:
+    """The dtype Megatron's preprocessing picks for a vocabulary of ``vocab_size`` tokens."""
+    return np.uint16 if vocab_size < 65500 else np.int32
+
+
+def index_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """(``PREFIX.bin``, ``PREFIX.idx``); a prefix given with either suffix is accepted."""
+    p = str(prefix)
+    if p.endswith((".bin", ".idx")):
+        p = p[:-4]
+    return Path(p + ".bin"), Path(p + ".idx")
+
+
+def is_indexed(spec: str | Path) -> bool:
+    """True for ``megatron:PREFIX``, a ``.bin`` / ``.idx`` path, or a prefix whose two files exist."""
+    s = str(spec)
+    if s.startswith("megatron:") or s.endswith((".bin", ".idx")):
+        return True
+    b, i = index_paths(s)
+    return b.is_file() and i.is_file()
+
+
+def strip_scheme(spec: str | Path) -> str:
+    s = str(spec)
+    return s[len("megatron:"):] if s.startswith("megatron:") else s
+
+
+class IndexedTokens:
+    """Read-only, memory-mapped view of a Megatron ``.bin`` / ``.idx`` pair.
+
+    ``len(ds)`` sequences; ``ds[i]`` the token ids of sequence ``i``; ``ds.document(d)`` the ids of
+    document ``d`` (its sequences concatenated). Every inconsistency raises one DataError line.
+    """
+
+    def __init__(self, prefix: str | Path) -> None:
+        self.bin_path, self.idx_path = index_paths(strip_scheme(prefix))
+        for p in (self.idx_path, self.bin_path):
+            if not p.is_file():
+                raise DataError(f"Megatron indexed dataset: {p} not found")
+        raw = self.idx_path.read_bytes()
+        name = self.idx_path
+        if len(raw) < _FIXED or raw[: len(INDEX_HEADER)] != INDEX_HEADER:
+            raise DataError(f"{name} is not a Megatron index (.idx) file (bad header)")
+        off = len(INDEX_HEADER)
+        (version,) = struct.unpack_from("<Q", raw, off)
+        if version != INDEX_VERSION:
+            raise DataError(f"{name}: index version {version} is not supported (only {INDEX_VERSION})")
+        (code,) = struct.unpack_from("<B", raw, off + 8)
+        if code not in _INTEGER_CODES:
+            raise DataError(f"{name}: dtype code {code} is not an integer token type")
+        self.dtype = np.dtype(DTYPE_CODES[code])
+        n_seq, n_doc = struct.unpack_from("<QQ", raw, off + 9)
+        need = _FIXED + 4 * n_seq + 8 * n_seq + 8 * n_doc
+        if len(raw) not in (need, need + n_seq):  # + modes when multimodal
+            raise DataError(f"{name}: size {len(raw)} bytes does not match {n_seq} sequences / {n_doc} documents")
+        self.lengths = np.frombuffer(raw, np.int32, n_seq, _FIXED).astype(np.int64)
+        self.pointers = np.frombuffer(raw, np.int64, n_seq, _FIXED + 4 * n_seq).copy()
+        self.document_indices = np.frombuffer(raw, np.int64, n_doc, _FIXED + 12 * n_seq).copy()
+        self._check()
+        size = self.bin_path.stat().st_size
+        self._data = np.memmap(self.bin_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+
+    def _check(self) -> None:
+        name, isz = self.idx_path, self.dtype.itemsize
+        if (self.lengths < 0).any():
+            raise DataError(f"{name}: negative sequence length")
+        expect = np.concatenate([[0], np.cumsum(self.lengths[:-1] * isz)]) if len(self.lengths) else self.lengths
+        if not np.array_equal(self.pointers, expect):
+            raise DataError(f"{name}: sequence pointers are not contiguous (not a preprocessed dataset?)")
+        di = self.document_indices
+        if len(di) == 0 or di[0] != 0 or di[-1] != len(self.lengths) or (np.diff(di) < 0).any():
+            raise DataError(f"{name}: document indices must rise from 0 to the sequence count {len(self.lengths)}")
+        size = self.bin_path.stat().st_size
+        total = int(self.lengths.sum()) * isz
+        if size != total:
+            raise DataError(f"{self.bin_path}: {size} bytes, the index describes {total} (truncated or mismatched?)")
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.document_indices) - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.lengths.sum())
+
+    def _span(self, first: int, last: int) -> np.ndarray:
+        """Tokens of sequences ``first .. last-1`` (contiguous in .bin)."""
+        if first >= last:
+            return np.zeros(0, dtype=self.dtype)
+        start = int(self.pointers[first])
+        count = int(self.lengths[first:last].sum())
+        return self._data[start : start + count * self.dtype.itemsize].view(self.dtype)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"sequence {i} out of range ({len(self)})")
+        i %= len(self)
+        return self._span(i, i + 1)
+
+    def document(self, d: int) -> np.ndarray:
+        if not 0 <= d < self.num_documents:
+            raise IndexError(f"document {d} out of range ({self.num_documents})")
+        return self._span(int(self.document_indices[d]), int(self.document_indices[d + 1]))
+
+    def documents(self) -> Iterator[np.ndarray]:
+        for d in range(self.num_documents):
+            yield self.document(d)
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray]:
+        """(all tokens int32 [T], document token offsets int64 [num_documents + 1])."""
+        tokens = self._span(0, len(self)).astype(np.int32)
+        seq_end = np.concatenate([[0], np.cumsum(self.lengths)])
+        return tokens, seq_end[self.document_indices].astype(np.int64)
+
+
+def write_indexed(
+    prefix: str | Path,
+    documents: Iterable[np.ndarray | Sequence[np.ndarray]],
+    *,
+    dtype: type[np.number] = np.int32,
+) -> tuple[Path, Path]:
+    """Write ``PREFIX.bin`` / ``PREFIX.idx`` atomically (temp files, then rename; idx last).
+
+    ``documents``: one array of token ids per document (one sequence each), or a list of arrays per
+    document (one sequence per sentence). Ids must fit ``dtype``.
+    """
+    bin_path, idx_path = index_paths(strip_scheme(prefix))
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    info = np.iinfo(dtype)
+    lengths: list[int] = []
+    doc_idx = [0]
+    fd, tmp_bin = tempfile.mkstemp(dir=bin_path.parent, prefix=".tmp-", suffix=".bin")
+    tmp_idx = None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for doc in documents:
+                seqs = [doc] if isinstance(doc, np.ndarray) else list(doc)
+                for s in seqs:
+                    a = np.asarray(s)
+                    if a.size and (a.min() < info.min or a.max() > info.max):
+                        raise DataError(f"token id out of range for {np.dtype(dtype)} while writing {bin_path}")
+                    f.write(a.astype(dtype).tobytes())
+                    lengths.append(int(a.size))
+                doc_idx.append(len(lengths))
+        lens = np.asarray(lengths, dtype=np.int32)
+        ptrs = np.concatenate([[0], np.cumsum(lens[:-1].astype(np.int64) * np.dtype(dtype).itemsize)]).astype(np.int64)
+        fd, tmp_idx = tempfile.mkstemp(dir=idx_path.parent, prefix=".tmp-", suffix=".idx")
+        with os.fdopen(fd, "wb") as f:
+            f.write(INDEX_HEADER)
+            f.write(struct.pack("<QBQQ", INDEX_VERSION, code_of(dtype), len(lens), len(doc_idx)))
+            f.write(lens.tobytes())
+            f.write(ptrs[: len(lens)].tobytes())
+            f.write(np.asarray(doc_idx, dtype=np.int64).tobytes())
+        os.replace(tmp_bin, bin_path)
+        os.replace(tmp_idx, idx_path)
+    finally:
+        for t in (tmp_bin, tmp_idx):
+            if t and os.path.exists(t):
+                os.unlink(t)
+    return bin_path, idx_path

@@ -1,0 +1,187 @@
+"""SIFT as a one-line drop-in for Megatron-style training scripts.
+
+A Megatron script (``pretrain_bert.py`` shape) has ``forward_step(data_iterator, model)`` that pulls one
+micro-batch dict (``text``, ``types``, ``labels``, ``loss_mask``, ``padding_mask``, ...) and returns
+``(output_tensor, loss_func)``. Wrap it::
+
+    from sift_fast.megatron import sift_forward_step
+    forward_step = sift_forward_step(forward_step, {"keep": 0.5, "exit_layer": 1, "selection": "entropy"})
+    pretrain(train_valid_test_datasets_provider, model_provider, ModelType.encoder_or_decoder, forward_step)
+
+and run with ``--micro-batch-size C`` (the candidate pool). Each call pulls the C-sample candidate
+batch, scores it with a no-grad forward through the first ``exit_layer`` layers + the MLM head (fused
+scorer: the ``[tokens, vocab]`` logits are never built), keeps the top ``keep * C`` samples and hands
+your unchanged ``forward_step`` an iterator over that sub-batch. Megatron's sample counters then
+count candidate samples; the kept count is ``wrapper.stats["kept"]``.
+
+The default exit adapter reads a ``megatron.core`` ``BertModel`` (embedding, ``encoder.layers``,
+``encoder.final_layernorm``, ``lm_head``, ``output_layer``); pass ``adapter=`` for another model:
+a callable ``(model, batch, exit_layer, criterion, backend) -> float32 scores [C]``. Supported:
+tensor- and pipeline-parallel size 1 (data parallel, ZeRO/distributed optimizer are fine: selection is
+per rank). This module imports nothing from Megatron until the adapter runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sift_fast.config import Config, SiftConfig, build_config, load_config_file
+from sift_fast.errors import ConfigError
+from sift_fast.ops import exit_scores_rows
+from sift_fast.selection import Selector
+
+Adapter = Callable[[Any, Mapping[str, torch.Tensor], int, str, str], torch.Tensor]
+BATCH_KEYS = ("text", "types", "labels", "loss_mask", "padding_mask")
+
+
+def unwrap(model: Any) -> Any:
+    """Strip DDP / Float16Module / list wrappers (``.module`` chains, one-element lists)."""
+    if isinstance(model, (list, tuple)):
+        if len(model) != 1:
+            raise ConfigError("SIFT supports one model chunk (no virtual pipeline parallelism)")
+        model = model[0]
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    return model
+
+
+def _check_parallel_sizes() -> None:
+    try:
+        from megatron.core import parallel_state as ps
+    except ImportError:
+        return
+    if not ps.model_parallel_is_initialized():
+        return
+    tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
+    if tp != 1 or pp != 1:
+        raise ConfigError(f"SIFT scoring supports tensor/pipeline parallel size 1; got TP={tp}, PP={pp}")
+
+
+@torch.no_grad()
+def mcore_bert_exit_scores(
+    model: Any, batch: Mapping[str, torch.Tensor], exit_layer: int, criterion: str, backend: str = "auto"
+) -> torch.Tensor:
+    """Per-sample early-exit score of a ``megatron.core`` BertModel: mean over ``loss_mask`` positions.
+
+    Embedding -> ``encoder.layers[:exit_layer]`` -> ``encoder.final_layernorm`` (when the model has one:
+    the head was trained on normalized states) -> ``lm_head`` on the masked rows only -> fused
+    loss / entropy against the (shared) output weight. Dropout is off during scoring.
+    """
+    m = unwrap(model)
+    layers = m.encoder.layers
+    if not 1 <= exit_layer <= len(layers):
+        raise ConfigError(f"exit layer must be in [1, {len(layers)}]; got {exit_layer}")
+    tokens, types = batch["text"].long(), batch.get("types")
+    flags = [(mod, mod.training) for mod in m.modules()]
+    m.eval()
+    try:
+        ext = m.bert_extended_attention_mask(batch["padding_mask"])
+        h = m.embedding(input_ids=tokens, position_ids=m.bert_position_ids(tokens),
+                        tokentype_ids=None if types is None else types.long())
+        for layer in layers[:exit_layer]:
+            out = layer(hidden_states=h, attention_mask=ext)
+            h = out[0] if isinstance(out, tuple) else out
+        norm = getattr(m.encoder, "final_layernorm", None)
+        seq, pos = torch.nonzero(batch["loss_mask"].bool(), as_tuple=True)  # sample-major: seq non-decreasing
+        rows = h[pos, seq]  # h is [s, b, h]
+        if norm is not None:
+            rows = norm(rows)
+        rows = m.lm_head(hidden_states=rows)
+        weight = m.shared_embedding_or_output_weight() if m.share_embeddings_and_output_weights else None
+        if weight is None:
+            weight = m.output_layer.weight
+        bias = getattr(m.output_layer, "bias", None)
+    finally:
+        for mod, flag in flags:
+            mod.training = flag
+    targets = batch["labels"].long()[seq, pos]
+    return exit_scores_rows(rows, weight, bias, targets, seq, tokens.shape[0], criterion, backend=backend,
+                            seq_ids_sorted=True)
+
+
+def _as_sift_config(cfg: Config | SiftConfig | Mapping[str, Any] | str | Path | None) -> tuple[SiftConfig, int]:
+    if isinstance(cfg, (str, Path)):
+        cfg = build_config(load_config_file(cfg))
+    if cfg is None or isinstance(cfg, Mapping):
+        cfg = build_config(dict(cfg or {}))
+    if isinstance(cfg, Config):
+        return cfg.sift, cfg.train.seed
+    if isinstance(cfg, SiftConfig):
+        return cfg, 0
+    raise ConfigError(f"expected a sift_fast Config, SiftConfig or mapping; got {type(cfg).__name__}")
+
+
+class SiftForwardStep:
+    """The wrapped ``forward_step``; ``stats`` holds the last step's selection (for logging)."""
+
+    def __init__(self, forward_step: Callable[..., Any], cfg: SiftConfig, seed: int = 0,
+                 adapter: Adapter | None = None) -> None:
+        if cfg.exit_layer == "auto":
+            raise ConfigError("exit_layer 'auto' is not supported by the Megatron drop-in; give a layer number")
+        self.forward_step, self.cfg = forward_step, cfg
+        self.selector = Selector(cfg, seed)
+        self.adapter = adapter or mcore_bert_exit_scores
+        self.criterion = "loss" if cfg.selection in ("loss", "random") else "entropy"
+        self.step = 0
+        self.stats: dict[str, Any] = {}
+        self._checked = False
+
+    def candidate_scores(self, batch: Mapping[str, torch.Tensor], model: Any) -> torch.Tensor:
+        return self.adapter(model, batch, int(self.cfg.exit_layer), self.criterion, self.cfg.backend)
+
+    def __call__(self, data_iterator: Iterator[Mapping[str, Any]] | None, model: Any, *args: Any, **kwargs: Any):
+        if not self._checked:
+            _check_parallel_sizes()
+            self._checked = True
+        batch = next(data_iterator)
+        missing = [k for k in ("text", "loss_mask", "labels", "padding_mask") if k not in batch]
+        if missing:
+            raise ConfigError(f"Megatron batch lacks {', '.join(missing)} (keys: {', '.join(batch)})")
+        n = batch["text"].shape[0]
+        if n != self.cfg.candidates:
+            raise ConfigError(f"micro-batch has {n} samples but the SIFT config has candidates={self.cfg.candidates}:"
+                              " set --micro-batch-size to the candidate pool")
+        plan = self.selector.plan(self.step)
+        t0 = time.perf_counter()
+        scores = None
+        if plan.mode == "score" or (plan.mode == "uniform" and self.cfg.random_pays_scoring):
+            scores = self.candidate_scores(batch, model)
+        score_s = time.perf_counter() - t0
+        kept = self.selector.select(plan, n, scores if plan.mode == "score" else None)
+        dev_kept = kept.to(batch["text"].device)
+        sub = {k: (v.index_select(0, dev_kept) if torch.is_tensor(v) and v.dim() and v.shape[0] == n else v)
+               for k, v in batch.items()}
+        self.stats = {"step": self.step, "mode": plan.mode, "candidates": n, "kept": int(kept.numel()),
+                      "kept_index": kept, "scores": scores, "score_s": score_s}
+        self.step += 1
+        return self.forward_step(iter([sub]), model, *args, **kwargs)
+
+    # checkpoint the selection RNG and step alongside Megatron's own state
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "selector": self.selector.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.selector.load_state_dict(state["selector"])
+
+
+def sift_forward_step(
+    forward_step: Callable[..., Any],
+    config: Config | SiftConfig | Mapping[str, Any] | str | Path | None = None,
+    *,
+    adapter: Adapter | None = None,
+    seed: int | None = None,
+) -> SiftForwardStep:
+    """Wrap a Megatron ``forward_step`` so it trains on the SIFT-selected part of each micro-batch.
+
+    ``config``: a sift_fast ``Config`` (the same one the CLI and DeepSpeed entry points use), its
+    ``SiftConfig``, a mapping of config fields (``{"keep": 0.5, "candidates": 32, ...}``) or the path
+    of a config file (the ``--config`` YAML/JSON of ``sift-pretrain``).
+    """
+    sift, cfg_seed = _as_sift_config(config)
+    return SiftForwardStep(forward_step, sift, cfg_seed if seed is None else seed, adapter)
