@@ -29,10 +29,12 @@ linearly interpolated between the two evaluations that bracket its first crossin
 from __future__ import annotations
 
 import argparse
+import glob
 import itertools
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -87,21 +89,36 @@ def arm_config(base: Config, arm: str, seed: int, out: Path, group: Path) -> Con
     return base.replace(**over, seed=seed, out=str(out))
 
 
-def shared_baseline(group: Path, seed: int) -> Path | None:
+def shared_baseline(group: Path, seed: int, cfg: Config | None = None) -> Path | None:
     """A finished baseline of the same seed in a sibling group that differs only in ``keep``.
 
-    Selection ``none`` never reads ``keep`` (every candidate is backpropagated), so the baseline run of
-    ``..._k0.5_...`` is the baseline of ``..._k0.25_...`` too; reusing it saves a whole run per seed.
+    Baseline training never reads ``keep`` (every candidate is backpropagated; only its telemetry's
+    top-k size does), so the baseline run of ``..._k0.5_...`` is the baseline of ``..._k0.25_...`` too.
+    With ``cfg`` given, the sibling's saved config must equal it apart from keep and the output path.
     """
-    head, sep, tail = group.name.partition("_k")
-    rest = tail.partition("_")[2]
-    if not sep or not rest:
+    m = re.fullmatch(r"(.+_c\d+)_k[^_]+_(.+)", group.name)
+    if m is None:
         return None
-    for sib in sorted(group.parent.glob(f"{head}_k*_{rest}")):
+    for sib in sorted(group.parent.glob(f"{glob.escape(m.group(1))}_k*_{glob.escape(m.group(2))}")):
         src = sib / f"baseline_s{seed}"
-        if sib != group and not src.is_symlink() and (src / "summary.json").exists():
-            return src
+        if sib == group or src.is_symlink() or not (src / "summary.json").exists():
+            continue
+        if cfg is not None and not _same_but_keep(json.loads((src / "config.json").read_text()), cfg.to_dict()):
+            continue
+        return src
     return None
+
+
+def _same_but_keep(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    def norm(d: dict[str, Any]) -> str:
+        d = json.loads(json.dumps(d))
+        for sec in d.values():
+            if isinstance(sec, dict):
+                for k in ("keep", "out", "resume"):
+                    sec.pop(k, None)
+        return json.dumps(d, sort_keys=True)
+
+    return norm(a) == norm(b)
 
 
 def run_one(cfg: Config, data) -> None:
@@ -142,6 +159,11 @@ def crossing(evals: list[dict[str, Any]], key: str, level: float, higher: bool) 
 
 def auto_targets(base_runs: list[list[dict[str, Any]]]) -> tuple[list[float], list[float]]:
     """Accuracy and loss levels at fractions of the baseline's progress (its worst seed's best value)."""
+    if not base_runs:
+        return [], []
+    base_runs = [[e for e in ev if e["val_mlm_acc"] == e["val_mlm_acc"] and e["val_loss"] == e["val_loss"]]
+                 for ev in base_runs]  # NaN evals carry no level
+    base_runs = [ev for ev in base_runs if ev]
     if not base_runs:
         return [], []
     best_acc = min(max(e["val_mlm_acc"] for e in ev) for ev in base_runs)
@@ -256,7 +278,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
     shared = sorted(str(p.name) for p in Path(meta["runs_dir"]).glob("baseline_s*") if p.is_symlink())
     if shared:
         out += [f"Baseline runs {', '.join(shared)} are shared with the same-seed baseline of another keep "
-                "value (selection `none` never reads keep).", ""]
+                "value (same config apart from keep; baseline training never reads keep).", ""]
     out += ["| arm | seeds | steps | time/step | final acc | best acc | final val loss |",
            "|---|---|---|---|---|---|---|"]
     for a in arms:
@@ -397,11 +419,13 @@ def main(argv: list[str] | None = None) -> int:
             run = group / f"{arm}_s{seed}"
             if args.report_only or (run / "summary.json").exists():
                 continue
-            src = shared_baseline(group, seed) if arm == "baseline" and not run.exists() else None
+            src = None
+            if arm == "baseline" and not run.exists():
+                src = shared_baseline(group, seed, arm_config(base, arm, seed, run, group))
             if src is not None:
                 group.mkdir(parents=True, exist_ok=True)
                 run.symlink_to(os.path.relpath(src, group))
-                print(f"== {name}: baseline seed {seed} shared from {src} (keep is unused by baseline)",
+                print(f"== {name}: baseline seed {seed} shared from {src} (baseline training never reads keep)",
                       file=sys.stderr, flush=True)
                 continue
             if data is None:

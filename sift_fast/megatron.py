@@ -17,8 +17,14 @@ count candidate samples; the kept count is ``wrapper.stats["kept"]``.
 The default exit adapter reads a ``megatron.core`` ``BertModel`` (embedding, ``encoder.layers``,
 ``encoder.final_layernorm``, ``lm_head``, ``output_layer``); pass ``adapter=`` for another model:
 a callable ``(model, batch, exit_layer, criterion, backend) -> float32 scores [C]``. Supported:
-tensor- and pipeline-parallel size 1 (data parallel, ZeRO/distributed optimizer are fine: selection is
-per rank). This module imports nothing from Megatron until the adapter runs.
+tensor-, pipeline- and context-parallel size 1, learned absolute positions; selection is per
+data-parallel rank. In eval mode (Megatron's ``evaluate()``) the wrapper passes every sample through
+untouched. Schedule fields (``warmup_steps``, ``anneal_until``, ``interrupt_every``) count wrapper
+calls, i.e. micro-batches. Megatron does not save the wrapper's state: store ``wrapper.state_dict()``
+with your checkpoint and ``load_state_dict()`` it on resume for the same selection RNG stream.
+Not tested: data-parallel runs, ``--overlap-param-gather`` (scoring reads the output weight directly,
+before that module's all-gather hook), GPUs. This module imports nothing from Megatron until the
+adapter runs.
 """
 
 from __future__ import annotations
@@ -58,8 +64,10 @@ def _check_parallel_sizes() -> None:
     if not ps.model_parallel_is_initialized():
         return
     tp, pp = ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()
-    if tp != 1 or pp != 1:
-        raise ConfigError(f"SIFT scoring supports tensor/pipeline parallel size 1; got TP={tp}, PP={pp}")
+    cp = ps.get_context_parallel_world_size() if hasattr(ps, "get_context_parallel_world_size") else 1
+    if tp != 1 or pp != 1 or cp != 1:
+        raise ConfigError(f"SIFT scoring supports tensor/pipeline/context parallel size 1; got TP={tp}, PP={pp}, "
+                          f"CP={cp}")
 
 
 @torch.no_grad()
@@ -70,24 +78,34 @@ def mcore_bert_exit_scores(
 
     Embedding -> ``encoder.layers[:exit_layer]`` -> ``encoder.final_layernorm`` (when the model has one:
     the head was trained on normalized states) -> ``lm_head`` on the masked rows only -> fused
-    loss / entropy against the (shared) output weight. Dropout is off during scoring.
+    loss / entropy against the (shared) output weight. Dropout is off during scoring. The batch may sit
+    on another device (Megatron's loader yields host tensors; ``get_batch`` moves them later); positions
+    with ``loss_mask`` 0 or a negative label (Megatron's "no label" -1) are not scored.
     """
     m = unwrap(model)
     layers = m.encoder.layers
     if not 1 <= exit_layer <= len(layers):
         raise ConfigError(f"exit layer must be in [1, {len(layers)}]; got {exit_layer}")
-    tokens, types = batch["text"].long(), batch.get("types")
+    pe = getattr(m, "position_embedding_type", "learned_absolute")
+    if pe != "learned_absolute":
+        raise ConfigError(f"SIFT scoring supports learned absolute position embeddings; the model uses {pe!r}")
+    dev = next(m.parameters()).device
+    tokens = batch["text"].to(dev, torch.long, non_blocking=True)
+    types = batch.get("types")
+    use_types = types is not None and getattr(m.embedding, "tokentype_embeddings", None) is not None
+    labels = batch["labels"].to(dev, torch.long, non_blocking=True)
+    valid = batch["loss_mask"].to(dev, non_blocking=True).bool() & (labels >= 0)
     flags = [(mod, mod.training) for mod in m.modules()]
     m.eval()
     try:
-        ext = m.bert_extended_attention_mask(batch["padding_mask"])
+        ext = m.bert_extended_attention_mask(batch["padding_mask"].to(dev, non_blocking=True))
         h = m.embedding(input_ids=tokens, position_ids=m.bert_position_ids(tokens),
-                        tokentype_ids=None if types is None else types.long())
+                        tokentype_ids=types.to(dev, torch.long, non_blocking=True) if use_types else None)
         for layer in layers[:exit_layer]:
             out = layer(hidden_states=h, attention_mask=ext)
             h = out[0] if isinstance(out, tuple) else out
         norm = getattr(m.encoder, "final_layernorm", None)
-        seq, pos = torch.nonzero(batch["loss_mask"].bool(), as_tuple=True)  # sample-major: seq non-decreasing
+        seq, pos = torch.nonzero(valid, as_tuple=True)  # sample-major: seq non-decreasing
         rows = h[pos, seq]  # h is [s, b, h]
         if norm is not None:
             rows = norm(rows)
@@ -99,9 +117,8 @@ def mcore_bert_exit_scores(
     finally:
         for mod, flag in flags:
             mod.training = flag
-    targets = batch["labels"].long()[seq, pos]
-    return exit_scores_rows(rows, weight, bias, targets, seq, tokens.shape[0], criterion, backend=backend,
-                            seq_ids_sorted=True)
+    return exit_scores_rows(rows, weight, bias, labels[seq, pos], seq, tokens.shape[0], criterion,
+                            backend=backend, seq_ids_sorted=True)
 
 
 def _as_sift_config(cfg: Config | SiftConfig | Mapping[str, Any] | str | Path | None) -> tuple[SiftConfig, int]:
@@ -123,6 +140,10 @@ class SiftForwardStep:
                  adapter: Adapter | None = None) -> None:
         if cfg.exit_layer == "auto":
             raise ConfigError("exit_layer 'auto' is not supported by the Megatron drop-in; give a layer number")
+        if cfg.score_tokens:
+            raise ConfigError("score_tokens is not supported by the Megatron drop-in (every masked token is scored)")
+        if cfg.selection_scope != "local":
+            raise ConfigError("selection_scope 'global' is not supported by the Megatron drop-in (per-rank selection)")
         self.forward_step, self.cfg = forward_step, cfg
         self.selector = Selector(cfg, seed)
         self.adapter = adapter or mcore_bert_exit_scores
@@ -138,6 +159,8 @@ class SiftForwardStep:
         if not self._checked:
             _check_parallel_sizes()
             self._checked = True
+        if not unwrap(model).training:  # Megatron's evaluate(): every sample, no selection, no RNG use
+            return self.forward_step(data_iterator, model, *args, **kwargs)
         batch = next(data_iterator)
         missing = [k for k in ("text", "loss_mask", "labels", "padding_mask") if k not in batch]
         if missing:

@@ -68,6 +68,14 @@ def test_reader_matches_megatron_core_reader(tmp_path, sentences):
     np.testing.assert_array_equal(tokens[offsets[3]:offsets[4]], ours.document(3))
 
 
+def test_document_forms(tmp_path):
+    """A flat list of ids is one sequence; a list of arrays / lists is one sequence per sentence."""
+    write_indexed(tmp_path / "f", [[5, 6, 7], [np.array([1, 2]), [3]], np.array([9])], dtype=np.uint16)
+    ds = IndexedTokens(tmp_path / "f")
+    assert ds.lengths.tolist() == [3, 2, 1, 1] and ds.document_indices.tolist() == [0, 1, 3, 4]
+    assert ds.document(1).tolist() == [1, 2, 3]
+
+
 def test_empty_dataset_round_trip(tmp_path):
     write_indexed(tmp_path / "e", [], dtype=np.uint16)
     ds = IndexedTokens(tmp_path / "e.idx")
@@ -141,6 +149,12 @@ def test_preprocess_cli_then_pretrain(small_corpus, tmp_path):
     r = subprocess.run(env_py + ["sift_fast.cli.preprocess", "--input", str(tmp_path / "missing.txt"),
                                  "--output-prefix", str(pre)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not found" in r.stderr
+    for bad_args, msg in (([small_corpus["data"], str(tmp_path) + "/"], "file name"),
+                          ([str(pre), str(tmp_path / "again")], "already a Megatron"),
+                          ([small_corpus["data"], "/proc/no/such/dir/x"], "cannot write")):
+        r = subprocess.run(env_py + ["sift_fast.cli.preprocess", "--input", bad_args[0], "--output-prefix",
+                                     bad_args[1]], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
     r = subprocess.run(env_py + ["sift_fast.cli.pretrain", "--preset", "micro", "--data", str(pre),
                                  "--out", str(tmp_path / "run2")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "already tokenized" in r.stderr and "Traceback" not in r.stderr

@@ -50,12 +50,17 @@ def mcore_model():
         cfg = TransformerConfig(num_layers=LAYERS, hidden_size=32, num_attention_heads=4,
                                 use_cpu_initialization=True, hidden_dropout=0.1, attention_dropout=0.1)
         models = {}
-        for tied in (False, True):
-            models[tied] = BertModel(config=cfg, num_tokentypes=2, transformer_layer_spec=bert_layer_local_spec,
+        for name, tied, types in (("untied", False, 2), ("tied", True, 2), ("no-types", True, 0)):
+            models[name] = BertModel(config=cfg, num_tokentypes=types, transformer_layer_spec=bert_layer_local_spec,
                                      vocab_size=V, max_sequence_length=S, add_binary_head=False,
                                      share_embeddings_and_output_weights=tied)
             with torch.no_grad():  # output bias is zero-initialized; make it count
-                models[tied].output_layer.bias.normal_(0, 0.5)
+                models[name].output_layer.bias.normal_(0, 0.5)
+        # a copy of "tied" for the bf16 test (Float16Module converts its module in place)
+        models["tied-copy"] = BertModel(config=cfg, num_tokentypes=2, transformer_layer_spec=bert_layer_local_spec,
+                                        vocab_size=V, max_sequence_length=S, add_binary_head=False,
+                                        share_embeddings_and_output_weights=True)
+        models["tied-copy"].load_state_dict(models["tied"].state_dict())
         try:
             yield models
         finally:
@@ -70,14 +75,18 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
     loss_mask = (torch.rand(C, S, generator=g) < 0.25).long()
     loss_mask[2] = 0  # a sequence with no masked token
     loss_mask[:, 0] = 0
-    labels = torch.where(loss_mask.bool(), torch.randint(5, V, (C, S), generator=g), text)
     padding = torch.ones(C, S, dtype=torch.long)
     padding[5, 11:] = 0  # a padded sequence
     loss_mask[5, 11:] = 0
+    labels = torch.where(loss_mask.bool(), torch.randint(5, V, (C, S), generator=g), -1)  # Megatron: -1 = none
     types = torch.zeros(C, S, dtype=torch.long)
     types[:, S // 2:] = 1
     return {"text": text, "types": types, "labels": labels, "loss_mask": loss_mask, "padding_mask": padding,
             "is_random": torch.zeros(C, dtype=torch.long)}
+
+
+def _types(model, batch):
+    return batch["types"] if model.embedding.tokentype_embeddings is not None else None
 
 
 def _manual_exit_fp64(model, batch, k: int, criterion: str) -> torch.Tensor:
@@ -85,7 +94,7 @@ def _manual_exit_fp64(model, batch, k: int, criterion: str) -> torch.Tensor:
     model.eval()
     tok = batch["text"]
     with torch.no_grad():
-        h = model.embedding(input_ids=tok, position_ids=model.bert_position_ids(tok), tokentype_ids=batch["types"])
+        h = model.embedding(input_ids=tok, position_ids=model.bert_position_ids(tok), tokentype_ids=_types(model, batch))
         ext = model.bert_extended_attention_mask(batch["padding_mask"])
         for layer in model.encoder.layers[:k]:
             h = layer(hidden_states=h, attention_mask=ext)[0]
@@ -107,7 +116,7 @@ def _manual_exit_fp64(model, batch, k: int, criterion: str) -> torch.Tensor:
     return out
 
 
-@pytest.fixture(params=[False, True], ids=["untied", "tied"])
+@pytest.fixture(params=["untied", "tied", "no-types"])
 def model(request, mcore_model):
     return mcore_model[request.param]
 
@@ -131,8 +140,8 @@ def test_full_depth_loss_equals_the_models_own_forward(model):
     batch = _batch(2)
     mcore_model.eval()
     with torch.no_grad():
-        tok_loss, _ = mcore_model(batch["text"], batch["padding_mask"], tokentype_ids=batch["types"],
-                                  lm_labels=batch["labels"])
+        tok_loss, _ = mcore_model(batch["text"], batch["padding_mask"], tokentype_ids=_types(mcore_model, batch),
+                                  lm_labels=batch["labels"].clamp(min=0))
     mcore_model.train()
     lm = batch["loss_mask"].float()
     want = (tok_loss * lm).sum(1) / lm.sum(1)
@@ -159,7 +168,7 @@ def _megatron_style_forward_step(seen: list):
 
 
 def test_wrapped_forward_step_trains_on_the_top_k(mcore_model):
-    mcore_model = mcore_model[True]
+    mcore_model = mcore_model["tied"]
     seen: list = []
     inner = _megatron_style_forward_step(seen)
     fs = sift_forward_step(inner, {"preset": "micro", "candidates": C, "keep": 0.5, "exit_layer": 1,
@@ -200,7 +209,7 @@ class _DDPLike(torch.nn.Module):
 
 
 def test_wrapped_forward_step_modes_and_errors(mcore_model, tmp_path):
-    mcore_model = mcore_model[False]
+    mcore_model = mcore_model["untied"]
     cfg_file = tmp_path / "sift.yaml"  # the same config file sift-pretrain --config reads
     cfg_file.write_text("preset: micro\ncandidates: 8\nkeep: 0.25\nselection: loss\nexit_layer: 2\nseed: 7\n")
     fs = sift_forward_step(lambda it, m: next(it), cfg_file)
@@ -214,8 +223,19 @@ def test_wrapped_forward_step_modes_and_errors(mcore_model, tmp_path):
     assert fs.stats["mode"] == "all" and seen[-1]["text"].shape[0] == C
     fs = sift_forward_step(_megatron_style_forward_step(seen), {**base, "keep": 0.5, "selection": "loss"})
     fs(iter([_batch(4)]), _DDPLike(mcore_model))  # scoring reaches through the wrapper
-    want = torch.topk(mcore_bert_exit_scores(mcore_model, _batch(4), 1, "loss", "torch"), C // 2).indices
+    want = torch.topk(_manual_exit_fp64(mcore_model, _batch(4), 1, "loss"), C // 2).indices
     assert torch.equal(fs.stats["kept_index"], torch.sort(want).values)
+    # Megatron's evaluate(): model in eval mode -> every sample, no selection step taken
+    mcore_model.eval()
+    try:
+        fs(iter([_batch(5)]), _DDPLike(mcore_model))
+    finally:
+        mcore_model.train()
+    assert seen[-1]["text"].shape[0] == C and fs.step == 1
+    for bad, msg in (({"score_tokens": 4}, "score_tokens"), ({"selection_scope": "global"}, "global"),
+                     ({"exit_layer": "auto"}, "auto")):
+        with pytest.raises(ConfigError, match=msg):
+            sift_forward_step(lambda it, m: next(it), {**base, **bad})
     fs = sift_forward_step(_megatron_style_forward_step(seen), {**base, "selection": "random", "keep": 0.25})
     fs(iter([_batch(4)]), mcore_model)
     assert fs.stats["mode"] == "uniform" and fs.stats["scores"] is None and seen[-1]["text"].shape[0] == 2
@@ -228,3 +248,40 @@ def test_wrapped_forward_step_modes_and_errors(mcore_model, tmp_path):
         fs(iter([bad]), mcore_model)
     with pytest.raises(ConfigError, match="exit layer"):
         mcore_bert_exit_scores(mcore_model, _batch(4), LAYERS + 1, "loss", "torch")
+
+
+def test_resume_from_state_dict_continues_the_same_selection(mcore_model):
+    """Uniform (random) selection draws from the wrapper's RNG: a restored wrapper draws the same rows."""
+    model = mcore_model["untied"]
+    cfg = {"preset": "micro", "candidates": C, "keep": 0.5, "selection": "random", "backend": "torch", "seed": 11}
+    a = sift_forward_step(lambda it, m: next(it), cfg)
+    for i in range(3):
+        a(iter([_batch(i)]), model)
+    state = a.state_dict()
+    want = [a(iter([_batch(10 + i)]), model)["text"] for i in range(2)]
+    b = sift_forward_step(lambda it, m: next(it), cfg)
+    b.load_state_dict(state)
+    got = [b(iter([_batch(10 + i)]), model)["text"] for i in range(2)]
+    assert b.step == a.step == 5
+    assert all(torch.equal(x, y) for x, y in zip(want, got))
+    fresh = sift_forward_step(lambda it, m: next(it), cfg)
+    assert not torch.equal(fresh(iter([_batch(10)]), model)["text"], want[0])  # the state mattered
+
+
+def test_bf16_model_under_float16module(mcore_model):
+    """Megatron's bf16 training wraps the model in Float16Module; scores stay within bf16 error."""
+    import dataclasses
+
+    from megatron.core.transformer.module import Float16Module
+
+    base = mcore_model["tied"]
+    wrapped = Float16Module(dataclasses.replace(base.config, bf16=True), mcore_model["tied-copy"])
+    assert next(wrapped.module.parameters()).dtype == torch.bfloat16
+    batch = _batch(6)
+    got = mcore_bert_exit_scores(wrapped, batch, 1, "entropy", "torch")
+    want = _manual_exit_fp64(base, batch, 1, "entropy")
+    fin = torch.isfinite(want)
+    assert got.dtype == torch.float32 and torch.isinf(got[2])
+    torch.testing.assert_close(got[fin].double(), want[fin], rtol=2e-2, atol=2e-2)
+    # and the ranking the wrapper keeps agrees with fp64 on this batch
+    assert set(torch.topk(got, C // 2).indices.tolist()) == set(torch.topk(want, C // 2).indices.tolist())

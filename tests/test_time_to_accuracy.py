@@ -67,3 +67,18 @@ def test_shared_baseline_only_across_keep(tmp_path):
     k1.mkdir()
     (k1 / "baseline_s0").symlink_to(k5 / "baseline_s0")
     assert shared_baseline(k5, 0) is None
+
+
+def test_shared_baseline_needs_the_same_config_apart_from_keep(tmp_path):
+    from sift_fast.config import build_config
+
+    runs = tmp_path / "runs"
+    src = runs / "my_k_corpus_micro_c8_k0.5_process10_t1" / "baseline_s0"  # '_k' inside the corpus name
+    _write_run(src, [_ev(0, 0.0, 9.0, 0.0)], 1)
+    made = build_config({"preset": "micro", "selection": "none", "candidates": 8, "keep": 0.5, "out": str(src)})
+    (src / "config.json").write_text(json.dumps(made.to_dict()))
+    group = runs / "my_k_corpus_micro_c8_k0.25_process10_t1"
+    same = made.replace(keep=0.25, out=str(group / "baseline_s0"))
+    assert shared_baseline(group, 0, same) == src
+    assert shared_baseline(group, 0, same.replace(lr=3e-4)) is None
+    assert shared_baseline(group, 0, same.replace(seq_len=64)) is None

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from sift_fast.cli.args import OneLineParser, run_cli
-from sift_fast.errors import ConfigError
+from sift_fast.data.indexed import is_indexed
+from sift_fast.errors import ConfigError, DataError
 
 
 def build_parser() -> OneLineParser:
@@ -42,6 +43,10 @@ def _main(argv: list[str] | None) -> int:
 
     if args.vocab_size < 8:
         raise ConfigError(f"--vocab-size must be >= 8; got {args.vocab_size}")
+    if not Path(args.output_prefix).name or args.output_prefix.endswith(("/", os.sep)):
+        raise ConfigError(f"--output-prefix needs a file name (PREFIX.bin/.idx are written): {args.output_prefix!r}")
+    if is_indexed(args.input):
+        raise ConfigError(f"--input {args.input} is already a Megatron indexed dataset; train on it with --data")
     t0 = time.perf_counter()
     docs = read_documents(args.input, text_key=args.text_key)
     cache = Path(args.cache_dir or os.environ.get("SIFT_CACHE_DIR") or Path.home() / ".cache" / "sift_fast")
@@ -51,18 +56,21 @@ def _main(argv: list[str] | None) -> int:
     ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
     dtype = token_dtype(vocab.vocab_size)
     bin_path, idx_path = index_paths(args.output_prefix)
-    write_indexed(args.output_prefix, ids, dtype=dtype)
-    if args.vocab == "train":
-        tok_path = Path(str(bin_path)[:-4] + ".tokenizer.json")
-        fd, tmp = tempfile.mkstemp(dir=tok_path.parent, prefix=".tmp-", suffix=".json")
-        os.close(fd)
-        try:
-            vocab.tokenizer.save(tmp)
-            os.replace(tmp, tok_path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        print(f"tokenizer: {tok_path}", file=sys.stderr)
+    try:
+        write_indexed(args.output_prefix, ids, dtype=dtype)
+        if args.vocab == "train":
+            tok_path = Path(str(bin_path)[:-4] + ".tokenizer.json")
+            fd, tmp = tempfile.mkstemp(dir=tok_path.parent, prefix=".tmp-", suffix=".json")
+            os.close(fd)
+            try:
+                vocab.tokenizer.save(tmp)
+                os.replace(tmp, tok_path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+            print(f"tokenizer: {tok_path}", file=sys.stderr)
+    except OSError as exc:
+        raise DataError(f"cannot write {args.output_prefix}.bin/.idx: {exc.strerror or exc}") from None
     n_tok = sum(len(x) for x in ids)
     print(f"wrote {bin_path} / {idx_path.name}: {len(ids)} documents, {n_tok} tokens, {np.dtype(dtype)}, "
           f"vocab {vocab.vocab_size}, {time.perf_counter() - t0:.1f}s", file=sys.stderr)

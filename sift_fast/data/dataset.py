@@ -140,11 +140,13 @@ def _pack_indexed(
     """Pack a Megatron ``.bin``/``.idx`` corpus (already tokenized with ``vocab``'s ids; no cache needed)."""
     ds = IndexedTokens(spec)
     tokens, offsets = ds.flat()
-    if tokens.size and (int(tokens.max()) >= vocab.vocab_size or int(tokens.min()) < 0):
-        raise DataError(
-            f"{ds.bin_path}: token id {int(tokens.max())} is outside the vocabulary ({vocab.vocab_size} ids); "
-            "pass --vocab with the tokenizer the dataset was preprocessed with"
-        )
+    if tokens.size:
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if hi >= vocab.vocab_size or lo < 0:
+            raise DataError(
+                f"{ds.bin_path}: token id {hi if hi >= vocab.vocab_size else lo} is outside the vocabulary "
+                f"({vocab.vocab_size} ids); pass --vocab with the tokenizer the dataset was preprocessed with"
+            )
     lengths = np.diff(offsets)
     keep = lengths > 0
     starts, lengths = offsets[:-1][keep], lengths[keep]

@@ -19,6 +19,7 @@ import struct
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -159,6 +160,14 @@ class IndexedTokens:
         return tokens, seq_end[self.document_indices].astype(np.int64)
 
 
+def _is_sentence_list(doc: Any) -> bool:
+    """A document given as several sequences (arrays / lists), not as one flat array or list of ids."""
+    if isinstance(doc, np.ndarray):
+        return doc.dtype == object
+    doc = list(doc) if not isinstance(doc, list) else doc
+    return bool(doc) and not np.isscalar(doc[0]) and not (isinstance(doc[0], np.ndarray) and doc[0].ndim == 0)
+
+
 def write_indexed(
     prefix: str | Path,
     documents: Iterable[np.ndarray | Sequence[np.ndarray]],
@@ -180,7 +189,7 @@ def write_indexed(
     try:
         with os.fdopen(fd, "wb") as f:
             for doc in documents:
-                seqs = [doc] if isinstance(doc, np.ndarray) else list(doc)
+                seqs = list(doc) if _is_sentence_list(doc) else [doc]
                 for s in seqs:
                     a = np.asarray(s)
                     if a.size and (a.min() < info.min or a.max() > info.max):
