@@ -94,7 +94,8 @@ def _manual_exit_fp64(model, batch, k: int, criterion: str) -> torch.Tensor:
     model.eval()
     tok = batch["text"]
     with torch.no_grad():
-        h = model.embedding(input_ids=tok, position_ids=model.bert_position_ids(tok), tokentype_ids=_types(model, batch))
+        h = model.embedding(input_ids=tok, position_ids=model.bert_position_ids(tok),
+                            tokentype_ids=_types(model, batch))
         ext = model.bert_extended_attention_mask(batch["padding_mask"])
         for layer in model.encoder.layers[:k]:
             h = layer(hidden_states=h, attention_mask=ext)[0]
