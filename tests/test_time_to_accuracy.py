@@ -82,3 +82,27 @@ def test_shared_baseline_needs_the_same_config_apart_from_keep(tmp_path):
     assert shared_baseline(group, 0, same) == src
     assert shared_baseline(group, 0, same.replace(lr=3e-4)) is None
     assert shared_baseline(group, 0, same.replace(seq_len=64)) is None
+
+
+def test_overview_table_from_suite_reports(tmp_path):
+    """bench/tta_overview.py reads the suite's JSON reports and prints the ratios they hold."""
+    from bench.time_to_accuracy import write_report
+    from bench.tta_overview import overview
+
+    g = tmp_path / "runs" / "wiki_micro_c8_k0.5_process10_t1"
+    _write_run(g / "baseline_s0", [_ev(0, 0.0, 9.0, 0.0), _ev(10, 0.1, 7.0, 100.0)], 10)
+    _write_run(g / "entropy_s0", [_ev(0, 0.0, 9.0, 0.0), _ev(20, 0.1, 7.0, 50.0)], 20)
+    _write_run(g / "random_s0", [_ev(0, 0.0, 9.0, 0.0), _ev(20, 0.02, 8.5, 50.0)], 20)
+    meta = {"name": "wiki_micro_c8_k0.5", "command": "x", "machine": "m", "preset": "micro", "corpus": "wiki",
+            "candidates": 8, "keep": 0.5, "exit_layer": "1", "budget_s": 10.0, "clock": "process",
+            "num_threads": 1, "arms": ["baseline", "entropy", "random"], "seeds": [0], "runs_dir": str(g)}
+    res = tmp_path / "results"
+    res.mkdir()
+    write_report(g, res, meta, [0.05, 0.1], [8.0, 7.0])
+    rows, md = overview(res)
+    ent = next(r for r in rows if r["arm"] == "entropy")
+    assert ent["step_time_ratio"] == pytest.approx(0.25)  # 2.5 s/step vs 10 s/step
+    assert ent["cells"] == ["0.50 ± 0.00", "0.50 ± 0.00", "0.50 ± 0.00", "0.50 ± 0.00"]
+    rnd = next(r for r in rows if r["arm"] == "random")
+    assert rnd["cells"] == ["-", "-", "-", "-"]  # never reached acc 0.05 / loss 8.0
+    assert "| entropy | 1 | 0.25 |" in md
