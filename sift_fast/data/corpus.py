@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from sift_fast.data.indexed import is_indexed
 from sift_fast.errors import DataError
 
 BUNDLED_CORPUS = Path(__file__).resolve().parent / "bundled" / "wikitext2.txt"
@@ -78,8 +79,6 @@ def read_documents(spec: str, *, text_key: str = "text") -> list[str]:
     detokenized first). Raises DataError for a missing file or a corpus without text.
     """
     spec = str(spec)
-    from sift_fast.data.indexed import is_indexed
-
     if is_indexed(spec):
         raise DataError(
             f"corpus {spec} is a Megatron indexed dataset (already tokenized): it has no text to train a "
