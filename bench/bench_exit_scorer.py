@@ -28,7 +28,6 @@ import platform
 import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +48,7 @@ from sift_fast.kernels.exit_scorer import (  # noqa: E402
 from sift_fast.kernels.topk import topk_indices, topk_torch  # noqa: E402
 
 from sift_fast import ops  # noqa: E402
+from sift_fast.train.metrics import atomic_write_text  # noqa: E402
 
 IGN = -100
 V_BERT = 30522
@@ -62,19 +62,6 @@ def card_slug(name: str) -> str:
     m = re.search(r"(gh200|h200|h100|h800|h20|b200|b100|a100|a800|a10g|l40s|l40|l4|v100|t4|rtx\s*\d{4})",
                   name.lower())
     return re.sub(r"[^a-z0-9]+", "", m.group(1)) if m else re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def write_atomic(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def pkg_version(name: str) -> str:
@@ -501,8 +488,8 @@ def main(argv: list[str] | None = None) -> int:
         res = {"meta": meta, **cpu_report(args)}
         md = cpu_markdown(res)
     base = os.path.join(args.out, f"exit_scorer_{slug}")
-    write_atomic(base + ".json", json.dumps(res, indent=1, default=float) + "\n")
-    write_atomic(base + ".md", md)
+    atomic_write_text(base + ".json", json.dumps(res, indent=1, default=float) + "\n")
+    atomic_write_text(base + ".md", md)
     print(f"wrote {base}.json and {base}.md")
     return 0
 

@@ -9,7 +9,6 @@ import os
 import platform
 import re
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from sift_fast.config import PRESETS, ModelConfig
 from sift_fast.data import MLMMasker
 from sift_fast.data.batch import Batch, make_batch
+from sift_fast.train.metrics import atomic_write_text
 
 # bert-base-uncased ids (the bundled vocab both shapes use)
 VOCAB_SIZE, PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 30522, 0, 100, 101, 102, 103
@@ -122,16 +122,7 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
     return env
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+write_atomic = atomic_write_text  # the benches' name for the project's one atomic writer
 
 
 def write_json(path: Path, obj: Any) -> None:
