@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from sift_fast.cli.args import OneLineParser, run_cli
 from sift_fast.data.indexed import is_indexed
 from sift_fast.errors import ConfigError, DataError
+from sift_fast.train.metrics import atomic_write_text
 
 
 def build_parser() -> OneLineParser:
@@ -60,14 +60,7 @@ def _main(argv: list[str] | None) -> int:
         write_indexed(args.output_prefix, ids, dtype=dtype)
         if args.vocab == "train":
             tok_path = Path(str(bin_path)[:-4] + ".tokenizer.json")
-            fd, tmp = tempfile.mkstemp(dir=tok_path.parent, prefix=".tmp-", suffix=".json")
-            os.close(fd)
-            try:
-                vocab.tokenizer.save(tmp)
-                os.replace(tmp, tok_path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            atomic_write_text(tok_path, vocab.tokenizer.to_str())
             print(f"tokenizer: {tok_path}", file=sys.stderr)
     except OSError as exc:
         raise DataError(f"cannot write {args.output_prefix}.bin/.idx: {exc.strerror or exc}") from None
