@@ -45,12 +45,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sift_fast.cli.arms import arm_overrides  # noqa: E402
+from sift_fast.cli.arms import FIXED, arm_overrides  # noqa: E402
 from sift_fast.config import Config, build_config  # noqa: E402
 from sift_fast.train.metrics import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 CORPORA = {"wiki": "bundled", "linux-docs": str(ROOT.parent / "shared" / "data" / "linux-docs-prose.txt")}
-HARNESS_ARMS = ("baseline", "entropy", "loss", "random", "random-free", "sb", "anneal", "auto")
+HARNESS_ARMS = ("baseline", "entropy", "loss", "random", "random-free", "sb", "anneal", "auto", "default", "lr",
+                "sample")
 # auto targets: fractions of the baseline's progress within the budget (loss ones skip the fast unigram phase)
 ACC_FRACTIONS = (0.6, 0.75, 0.9, 0.97)
 LOSS_FRACTIONS = (0.8, 0.9, 0.95, 0.98)
@@ -75,15 +76,15 @@ def base_config(args: argparse.Namespace, corpus: str, preset: str, candidates: 
 def arm_config(base: Config, arm: str, seed: int, out: Path, group: Path) -> Config:
     """The config of one (arm, seed) run."""
     if arm == "random":
-        over: dict[str, Any] = {"selection": "random", "random_pays_scoring": True}
+        over: dict[str, Any] = {"selection": "random", "random_pays_scoring": True, **FIXED}
     elif arm == "random-free":
-        over = {"selection": "random", "random_pays_scoring": False}
+        over = {"selection": "random", "random_pays_scoring": False, **FIXED}
     elif arm == "anneal":
         ref = group / f"entropy_s{seed}" / "summary.json"
         if not ref.exists():
             raise SystemExit(f"arm anneal needs the entropy arm of seed {seed} first ({ref})")
         steps = json.loads(ref.read_text())["steps"]
-        over = {"selection": "entropy", "anneal_until": max(base.sift.warmup_steps + 1, steps)}
+        over = {"selection": "entropy", **FIXED, "anneal_until": max(base.sift.warmup_steps + 1, steps)}
     else:
         over = arm_overrides(arm, base)
     return base.replace(**over, seed=seed, out=str(out))

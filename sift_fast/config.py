@@ -90,6 +90,12 @@ class SiftConfig:
     selection_scope: str = "local"  # data-parallel selection: local | global
     exit_auto_every: int = 200  # --exit-layer auto: re-pick the exit layer every N steps
     exit_auto_overlap: float = 0.7  # ... the shallowest layer whose top-k overlap with full depth stays above this
+    selection_rule: str = "topk"  # topk (keep the highest scores) | sample (importance sampling, unbiased reweighting)
+    sample_mix: float = 0.1  # selection_rule=sample: uniform share mixed into the score-proportional distribution
+    adaptive_keep: str = "off"  # off | noise (raise keep towards 1 as the gradient noise scale grows; train/noise.py)
+    noise_every: int = 4  # adaptive_keep=noise: probe the gradient noise scale every N steps
+    noise_decay: float = 0.95  # ... EMA decay of the noise-scale estimates per probe
+    noise_scale: float = 2.0  # ... safety factor on the measured noise scale in the keep rule (fixed LR: see train/noise.py)
 
     def __post_init__(self) -> None:
         _choice("selection", self.selection, SELECTIONS)
@@ -115,6 +121,19 @@ class SiftConfig:
         _positive("exit_auto_every", self.exit_auto_every)
         if not 0.0 < self.exit_auto_overlap <= 1.0:
             raise ConfigError(f"exit_auto_overlap must be in (0, 1]; got {self.exit_auto_overlap}")
+        _choice("selection_rule", self.selection_rule, ("topk", "sample"))
+        if not 0.0 <= self.sample_mix <= 1.0:
+            raise ConfigError(f"sample_mix must be in [0, 1]; got {self.sample_mix}")
+        _choice("adaptive_keep", self.adaptive_keep, ("off", "noise"))
+        _positive("noise_every", self.noise_every)
+        if not 0.0 <= self.noise_decay < 1.0:
+            raise ConfigError(f"noise_decay must be in [0, 1); got {self.noise_decay}")
+        _positive("noise_scale", self.noise_scale)
+        if self.adaptive_keep != "off" and self.anneal_until:
+            raise ConfigError("adaptive_keep and anneal_until are two keep schedules; set one "
+                              "(--adaptive-keep off or --anneal-until 0)")
+        if self.adaptive_keep != "off" and self.selection_rule == "sample":
+            raise ConfigError("adaptive_keep=noise needs selection_rule=topk (set --adaptive-keep off to sample)")
 
     @property
     def backprop_size(self) -> int:
@@ -225,6 +244,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Like BERT-base, a layer-1 scoring pass is ~8% of a SIFT step; SIFT/baseline step FLOPs ~0.54.
     "proxy-12": dict(num_layers=12, hidden_size=128, num_heads=2, intermediate_size=512, seq_len=128,
                      vocab="train", vocab_size=8192, candidates=32, lr=1e-3),
+    # proxy-12 at twice the width (the model-size arm of the long-horizon suite)
+    "proxy-12-wide": dict(num_layers=12, hidden_size=256, num_heads=4, intermediate_size=1024, seq_len=128,
+                          vocab="train", vocab_size=8192, candidates=32, lr=1e-3),
     "bert-base": dict(num_layers=12, hidden_size=768, num_heads=12, intermediate_size=3072, seq_len=128,
                       vocab="bundled", candidates=64, lr=1e-4, dropout=0.1, lr_warmup_steps=1000,
                       max_steps=100000, eval_every=1000),

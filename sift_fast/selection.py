@@ -9,6 +9,12 @@ Per step the policy decides a *plan*:
 
 Kept indices are returned in ascending order: sample order inside a batch does not change the
 gradient, and a fixed order makes ``keep = 1.0`` bit-identical to the baseline.
+
+Rule ``topk`` keeps the highest scores. Rule ``sample`` (importance sampling, Katharopoulos & Fleuret
+2018; InfoBatch-style rescaling) draws the ``k`` kept sequences with replacement from
+``p = (1 - mix)·score/Σscore + mix/C`` and weights sequence ``i``'s token losses by ``1 / (k·p_i·N_C)``
+(``N_C``: masked tokens of all ``C`` candidates), so the expected loss and gradient equal the
+baseline's token mean over every candidate.
 """
 
 from __future__ import annotations
@@ -34,12 +40,15 @@ class Selector:
     def __init__(self, cfg: SiftConfig, seed: int = 0) -> None:
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(seed + 0x5EED)
+        self.dynamic_k: int | None = None  # set by the adaptive keep rule (train/noise.py)
 
     # --- schedule ---------------------------------------------------------------------------------
     def keep_count(self, step: int) -> int:
         """Backprop batch size at ``step`` (annealed linearly to all candidates when configured)."""
         cfg, c = self.cfg, self.cfg.candidates
         base = cfg.backprop_size
+        if self.dynamic_k is not None and cfg.selection != "none":
+            return self.dynamic_k
         if cfg.anneal_until and step >= cfg.warmup_steps:
             frac = min(1.0, (step - cfg.warmup_steps) / (cfg.anneal_until - cfg.warmup_steps))
             return min(c, round(base + frac * (c - base)))
@@ -71,7 +80,29 @@ class Selector:
             return self.uniform(n, plan.keep_count)
         if scores is None:
             raise ValueError("mode 'score' needs scores")
+        if self.cfg.selection_rule == "sample":
+            return self.sample(scores, plan.keep_count)[0]
         return select_topk(scores, plan.keep_count).sort().values
+
+    def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
+        """Sampling distribution of rule ``sample`` over the candidates (fp64, host)."""
+        s = scores.detach().double().cpu()
+        s = torch.where(torch.isfinite(s) & (s > 0), s, torch.zeros_like(s))
+        n, mix = s.numel(), self.cfg.sample_mix
+        total = float(s.sum())
+        if total <= 0:
+            return torch.full((n,), 1.0 / n, dtype=torch.float64)
+        return (1.0 - mix) * s / total + mix / n
+
+    def sample(self, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rule ``sample``: ``k`` draws with replacement (ascending) and each draw's probability."""
+        p = self.probabilities(scores)
+        kept = torch.multinomial(p, k, replacement=True, generator=self.generator).sort().values
+        return kept, p[kept]
+
+    def sample_weights(self, p_kept: torch.Tensor, num_masked_total: int) -> torch.Tensor:
+        """Per kept sequence loss weight ``1 / (k·p·N_C)`` of rule ``sample`` (fp32, host)."""
+        return (1.0 / (p_kept.numel() * p_kept * max(1, num_masked_total))).float()
 
     def score_subset(self, masked_seq: torch.Tensor, max_per_seq: int) -> torch.Tensor:
         """Positions (into the masked list) to score: at most ``max_per_seq`` per sequence, seeded.

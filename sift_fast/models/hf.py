@@ -20,7 +20,7 @@ from sift_fast.config import ModelConfig
 
 @dataclass
 class MLMOutput:
-    loss: torch.Tensor  # mean cross-entropy over the masked rows
+    loss: torch.Tensor  # mean cross-entropy over the masked rows (weighted sum with row weights)
     num_correct: torch.Tensor  # argmax == target over the masked rows (no grad)
     num_rows: int
 
@@ -105,12 +105,19 @@ class MLMEncoder(nn.Module):
         attention_mask: torch.Tensor | None,
         masked_index: torch.Tensor,
         masked_targets: torch.Tensor,
+        row_weight: torch.Tensor | None = None,
     ) -> MLMOutput:
-        """Full forward; the head runs only on the ``masked_index`` rows of the flattened ``[B*S]``."""
+        """Full forward; the head runs only on the ``masked_index`` rows of the flattened ``[B*S]``.
+
+        The loss is the mean cross-entropy over those rows, or ``Σ row_weight · CE`` when weights are given.
+        """
         h = self.encode(input_ids, attention_mask)
         rows = h.reshape(-1, h.shape[-1]).index_select(0, masked_index)
         logits = self.logits_rows(rows).float()
-        loss = nn.functional.cross_entropy(logits, masked_targets)
+        if row_weight is None:
+            loss = nn.functional.cross_entropy(logits, masked_targets)
+        else:
+            loss = (nn.functional.cross_entropy(logits, masked_targets, reduction="none") * row_weight).sum()
         with torch.no_grad():
             correct = (logits.argmax(-1) == masked_targets).sum()
         return MLMOutput(loss=loss, num_correct=correct, num_rows=int(masked_index.numel()))

@@ -23,7 +23,7 @@ class Engine(Protocol):
     world_size: int
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
-    def forward(self, batch) -> MLMOutput: ...
+    def forward(self, batch, row_weight: torch.Tensor | None = None) -> MLMOutput: ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> None: ...
     def lr(self) -> float: ...
@@ -55,9 +55,16 @@ class TorchEngine:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_for(self.device, self.cfg.train.precision)
 
-    def forward(self, batch) -> MLMOutput:
+    def forward(self, batch, row_weight: torch.Tensor | None = None) -> MLMOutput:
         with self.autocast():
-            return self.module(batch.input_ids, batch.model_attention_mask, batch.masked_index, batch.masked_targets)
+            return self.module(batch.input_ids, batch.model_attention_mask, batch.masked_index, batch.masked_targets,
+                               row_weight)
+
+    def grad_sq_norm(self) -> torch.Tensor:
+        """Squared norm of the accumulated gradient (device scalar, no sync): the noise-scale probe."""
+        from sift_fast.train.noise import grad_sq_norm
+
+        return grad_sq_norm(list(self.module.parameters()))
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

@@ -8,6 +8,7 @@ the weights of step t, before step t's optimizer update* — executed either in 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -78,6 +79,16 @@ class Trainer:
             from sift_fast.train.telemetry_hook import install
 
             install(self)
+        self.adaptive = None  # adaptive keep from the gradient noise scale (train/noise.py)
+        if cfg.sift.adaptive_keep == "noise" and cfg.sift.selection != "none":
+            if hasattr(self.engine, "grad_sq_norm"):
+                from sift_fast.train.noise import AdaptiveKeep
+
+                self.adaptive = AdaptiveKeep(cfg, vocab.vocab_size)
+                self.selector.dynamic_k = self.adaptive.k
+            else:
+                print("note: adaptive_keep=noise needs the single-process engine; keeping keep fixed",
+                      file=sys.stderr)
         self.timer = StepTimer(self.device)
         self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0)
         self.console = console or Console(enabled=self.rank0)
@@ -99,6 +110,7 @@ class Trainer:
             "selector": self.selector.state_dict(), "ttt": self.ttt.state_dict(), "rng": rng_state(),
             "pending": resolve_pending(self.pending), "config": self.cfg.to_dict(),
             "hooks": {h.name: h.state_dict() for h in self.step_hooks if hasattr(h, "state_dict")},
+            "adaptive": self.adaptive.state_dict() if self.adaptive is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -111,6 +123,9 @@ class Trainer:
         self.ttt.load_state_dict(state["ttt"])
         self.pending = state["pending"]
         set_rng_state(state["rng"])
+        if self.adaptive is not None and state.get("adaptive"):
+            self.adaptive.load_state_dict(state["adaptive"])
+            self.selector.dynamic_k = self.adaptive.k
         for h in self.step_hooks:
             if hasattr(h, "load_state_dict") and h.name in state.get("hooks", {}):
                 h.load_state_dict(state["hooks"][h.name])
@@ -162,12 +177,16 @@ class Trainer:
         self.pending = (nxt, scores)
 
     def train_step(self) -> StepResult:
+        probe = None
+        if self.adaptive is not None and self.adaptive.due(self.step):
+            self.selector.dynamic_k = self.adaptive.update()
+            probe = self.adaptive.noise
         batch, scores = self.next_batch()
         stale = self.overlap in ("sequential-stale", "on") and self.step + 1 < self.cfg.train.max_steps
         side = self.overlap_scorer  # overlap=on: launch after selection, fence before the update
         return sift_step(
             self.engine, self.selector, batch, self.step, self.cfg.sift, self.timer, exit_layer=self.exit_layer,
-            scores=scores, select_fn=self.select_fn,
+            scores=scores, select_fn=self.select_fn, probe=probe,
             before_forward=self._score_next if stale and side else None,
             after_backward=(side.fence if side else self._score_next) if stale else None,
         )
@@ -186,6 +205,9 @@ class Trainer:
             "score_share": phases.get("score", 0.0) / max(sum(phases.values()), 1e-9),
             "kept_score_mean": None, "cand_score_mean": None, "kept_score_ratio": None,
         }
+        if self.adaptive is not None:
+            rec["noise_scale"] = self.adaptive.noise.value
+            rec["adaptive_k"] = self.selector.dynamic_k
         if res.scores is not None:
             finite = torch.isfinite(res.scores)
             if finite.any():

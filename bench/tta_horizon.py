@@ -1,0 +1,380 @@
+"""Long-horizon time-to-accuracy: where SIFT's curves meet the baseline's, and which cause explains it.
+
+Configurations (each run ≥ 2700 CPU-s, extendable: a finished run with a smaller budget resumes from its
+last checkpoint when ``--budget-s`` grows):
+
+* ``single-pass`` — proxy-12 on ≥ 60 MB of Debian documentation prose + the linux-docs prose
+  (``scripts/make_prose_corpus.py``): no run repeats a sequence within the budget;
+* ``repeated``    — proxy-12 on the bundled WikiText-2 slice (many passes, as BERT's ~40 epochs);
+* ``wide``        — proxy-12-wide (12 × 256) on the single-pass corpus: model size.
+
+Arms: ``baseline``; ``entropy`` (fixed keep); ``random`` (pays for scoring); ``anneal`` (keep → 1 by the
+entropy arm's step count); ``lr`` (entropy with the peak LR × √keep, Adam's square-root rule for the
+smaller backprop batch); ``sample`` (importance-sampled selection, unbiased reweighting); ``default``
+(what ``sift-pretrain`` does with no selection flags: entropy + adaptive keep from the gradient noise
+scale, ``sift_fast/train/noise.py``).
+
+Reported per configuration and arm (``bench/results/tta_horizon_<config>.{md,json,png}``): val loss and
+accuracy ÷ baseline at equal CPU time at 25/50/75/100 % of the budget, the crossover (the first eval
+time after which the arm's interpolated val loss / accuracy is worse than the baseline's, in CPU-s,
+candidate tokens and passes over the training split), time to the early and late targets, and the
+"never loses" check (worst excess of the arm's val loss over the baseline's past 10 % of the budget).
+
+Runs are claimed with a lock file, so two processes with the same ``--jobs`` list share the work:
+
+    python bench/tta_horizon.py --jobs single-pass:baseline:0,single-pass:default:0 --budget-s 2700 &
+    python bench/tta_horizon.py --jobs single-pass:baseline:0,single-pass:default:0 --budget-s 2700 &
+    python bench/tta_horizon.py --report-only            # rewrite every report from finished runs
+
+Finished runs' eval curves are kept in the report JSON, so reports from earlier sessions survive the
+run directories (which do not persist) and new seeds add to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from time_to_accuracy import arm_config, base_config, crossing, machine, mean_sd, read_evals, run_one  # noqa: E402
+
+from sift_fast.train.metrics import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
+
+PROSE = Path(os.environ.get("SIFT_PROSE_CORPUS", Path.home() / ".cache/sift_fast/prose/debian-docs-prose.txt"))
+CONFIGS: dict[str, dict[str, Any]] = {
+    "single-pass": {"corpus": str(PROSE), "preset": "proxy-12"},
+    "repeated": {"corpus": "wiki", "preset": "proxy-12"},
+    "wide": {"corpus": str(PROSE), "preset": "proxy-12-wide"},
+}
+ARMS = ("baseline", "entropy", "random", "anneal", "lr", "sample", "default")
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+EARLY, LATE = (0.6, 0.75), (0.9, 0.97)  # accuracy targets: fractions of the baseline's best
+
+
+def horizon_arm(base, arm: str, seed: int, out: Path, group: Path):
+    """Config of one (arm, seed) run: ``sift_fast.cli.arms`` plus the harness's paying ``random``/``anneal``."""
+    if arm in ("default", "lr", "sample"):
+        from sift_fast.cli.arms import arm_overrides
+
+        return base.replace(**arm_overrides(arm, base), seed=seed, out=str(out))
+    return arm_config(base, arm, seed, out, group)
+
+
+def _args_for(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(exit_layer="1", budget_s=args.budget_s, max_steps=1_000_000, eval_every=args.eval_every,
+                              clock="process", num_threads=1, telemetry_every=50, checkpoint_every=100,
+                              device="cpu", exit_auto_every=100, lr=0.0)
+
+
+def base_for(name: str, args: argparse.Namespace):
+    c = CONFIGS[name]
+    return base_config(_args_for(args), c["corpus"], c["preset"], args.candidates, args.keep)
+
+
+# --- running ----------------------------------------------------------------------------------------
+def _lock(run: Path) -> Path:
+    return run.parent / ".locks" / f"{run.name}.lock"
+
+
+def _claim(run: Path) -> bool:
+    """Take the run's lock (O_EXCL, beside the run dir); a lock whose process is gone is taken over."""
+    lock = _lock(run)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            return True
+        except FileExistsError:
+            try:
+                os.kill(int(lock.read_text() or 0), 0)
+                return False  # alive
+            except (ProcessLookupError, ValueError):
+                lock.unlink(missing_ok=True)
+            except PermissionError:
+                return False
+    return False
+
+
+def finished(run: Path, budget: float) -> bool:
+    s = run / "summary.json"
+    return s.exists() and json.loads(s.read_text())["train_time_s"] >= budget - 1e-6
+
+
+def run_jobs(args: argparse.Namespace) -> None:
+    data_cache: dict[str, Any] = {}
+    for job in args.jobs:
+        name, arm, seed = job.split(":")
+        group = Path(args.runs) / name
+        run = group / f"{arm}_s{seed}"
+        if finished(run, args.budget_s) or not _claim(run):
+            continue
+        try:
+            base = base_for(name, args)
+            cfg = horizon_arm(base, arm, int(seed), run, group)
+            if name not in data_cache:
+                from sift_fast.train.builder import build_data
+
+                data_cache = {name: build_data(base)}  # one corpus in memory at a time
+            print(f"== horizon {name}: arm {arm} seed {seed} -> {run}", file=sys.stderr, flush=True)
+            (run / "summary.json").unlink(missing_ok=True)  # an extension resumes from the checkpoint
+            run_one(cfg, data_cache[name])
+            meta = {"train_sequences": len(data_cache[name].train), "seq_len": base.data.seq_len}
+            write_report(name, args, meta)
+        finally:
+            _lock(run).unlink(missing_ok=True)
+
+
+# --- analysis ---------------------------------------------------------------------------------------
+def interp(evals: list[dict[str, Any]], key: str, t: float) -> float | None:
+    """``key`` linearly interpolated at training time ``t`` (None outside the evaluated range)."""
+    pts = [(e["wall_s"], e[key]) for e in evals if e[key] == e[key]]
+    for (t0, v0), (t1, v1) in zip(pts, pts[1:]):
+        if t0 <= t <= t1:
+            return v0 if t1 == t0 else v0 + (t - t0) / (t1 - t0) * (v1 - v0)
+    return None
+
+
+def crossover(arm: list[dict[str, Any]], base: list[dict[str, Any]], key: str, higher: bool,
+              after: float) -> dict[str, float] | None:
+    """First eval of ``arm`` past ``after`` from which on it stays worse than the baseline (interpolated)."""
+    worse_from = None
+    for e in arm:
+        b = interp(base, key, e["wall_s"])
+        if b is None or e["wall_s"] < after:
+            continue
+        worse = e[key] < b if higher else e[key] > b
+        if worse and worse_from is None:
+            worse_from = e
+        elif not worse:
+            worse_from = None
+    if worse_from is None:
+        return None
+    return {"wall_s": worse_from["wall_s"], "samples": worse_from["samples"], "step": worse_from["step"]}
+
+
+def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dict[str, Any]) -> dict[str, Any]:
+    base = runs.get("baseline", {})
+    best = [max(e["val_mlm_acc"] for e in r["evals"]) for r in base.values()]
+    levels = {f"acc:{f:g}": round(f * min(best), 4) for f in (*EARLY, *LATE)} if best else {}
+    n_train, seq = meta.get("train_sequences"), meta.get("seq_len", 128)
+    out: dict[str, Any] = {"levels": levels, "arms": {}}
+    for arm, by_seed in runs.items():
+        row: dict[str, Any] = {"seeds": sorted(by_seed), "equal_time": {}, "targets": {}, "crossover": {},
+                               "worst_excess": {}}
+        row["final_loss"] = mean_sd([r["evals"][-1]["val_loss"] for r in by_seed.values()])
+        row["final_acc"] = mean_sd([r["evals"][-1]["val_mlm_acc"] for r in by_seed.values()])
+        row["step_time"] = mean_sd([r["summary"]["train_time_s"] / max(1, r["summary"]["steps"])
+                                    for r in by_seed.values()])
+        for f in FRACTIONS:
+            for key in ("val_loss", "val_mlm_acc"):
+                ratios = []
+                for sd, r in by_seed.items():
+                    a, b = interp(r["evals"], key, f * budget), interp(base.get(sd, {}).get("evals", []), key,
+                                                                        f * budget)
+                    if a is not None and b:
+                        ratios.append(a / b)
+                row["equal_time"][f"{key}@{f:g}"] = mean_sd(ratios)
+        for name, lv in levels.items():
+            ratios = []
+            for sd, r in by_seed.items():
+                h = crossing(r["evals"], "val_mlm_acc", lv, True)
+                bh = crossing(base.get(sd, {}).get("evals", []), "val_mlm_acc", lv, True)
+                if h and bh and bh["wall_s"] > 0:
+                    ratios.append(h["wall_s"] / bh["wall_s"])
+            row["targets"][name] = {"ratio": mean_sd(ratios), "n": len(ratios), "of": len(by_seed)}
+        if arm != "baseline":
+            for key, higher in (("val_loss", False), ("val_mlm_acc", True)):
+                cells = []
+                for sd, r in by_seed.items():
+                    if sd not in base:
+                        continue
+                    c = crossover(r["evals"], base[sd]["evals"], key, higher, 0.1 * budget)
+                    if c is not None:
+                        c["tokens"] = c["samples"] * seq
+                        c["passes"] = c["samples"] / n_train if n_train else None
+                    cells.append(c)
+                row["crossover"][key] = cells
+            excess = []
+            for sd, r in by_seed.items():
+                if sd in base:
+                    diffs = [e["val_loss"] - b for e in r["evals"] if e["wall_s"] >= 0.1 * budget
+                             and (b := interp(base[sd]["evals"], "val_loss", e["wall_s"])) is not None]
+                    excess.append(max(diffs) if diffs else None)
+            row["worst_excess"]["val_loss"] = excess
+        out["arms"][arm] = row
+    return out
+
+
+def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, Any]]:
+    """Finished runs of configuration ``name``: this session's run dirs, then the committed report's."""
+    runs: dict[str, dict[int, dict[str, Any]]] = {}
+    old_path = Path(args.results) / f"tta_horizon_{name}.json"
+    old = json.loads(old_path.read_text()) if old_path.exists() else {}
+    for arm, by in old.get("runs", {}).items():
+        for sd, r in by.items():
+            runs.setdefault(arm, {})[int(sd)] = r
+    group = Path(args.runs) / name
+    for d in sorted(group.glob("*_s*")) if group.exists() else []:
+        arm, _, sd = d.name.rpartition("_s")
+        if not (d / "summary.json").exists() or arm not in ARMS:
+            continue
+        summ = json.loads((d / "summary.json").read_text())
+        prev = runs.get(arm, {}).get(int(sd))
+        if prev is None or summ["train_time_s"] >= prev["summary"]["train_time_s"]:
+            runs.setdefault(arm, {})[int(sd)] = {"summary": summ, "evals": read_evals(d),
+                                                 "adaptive": _adaptive_trace(d)}
+    return runs, old.get("meta", {})
+
+
+def _adaptive_trace(run: Path) -> list[list[float]]:
+    """(wall_s, step, backprop size, noise scale) of the default arm's step records, thinned."""
+    path = run / "metrics.jsonl"
+    out = []
+    for ln in path.read_text().splitlines() if path.exists() else []:
+        r = json.loads(ln)
+        if r.get("type") == "step" and "adaptive_k" in r and r["step"] % 50 == 0:
+            out.append([r["wall_s"], r["step"], r["adaptive_k"], r.get("noise_scale")])
+    return out
+
+
+def _f(ms: tuple[float | None, float | None], spec: str = ".3f") -> str:
+    m, s = ms
+    return "-" if m is None else (f"{m:{spec}}" if not s else f"{m:{spec}} ± {s:{spec}}")
+
+
+def render(name: str, rep: dict[str, Any]) -> str:
+    a, meta = rep["analysis"], rep["meta"]
+    arms = [x for x in ARMS if x in a["arms"]]
+    lines = [f"# Long-horizon time to accuracy: {name}", "",
+             f"Corpus `{meta['corpus']}`, preset `{meta['preset']}`, C = {meta['candidates']}, keep {meta['keep']}, "
+             f"budget {meta['budget_s']:g} CPU-s per run (process clock, 1 thread), eval every {meta['eval_every']} "
+             f"steps; train split {meta.get('train_sequences', '?')} sequences of {meta.get('seq_len', 128)}. "
+             f"Machine: {meta['machine']}. Ratios are arm ÷ baseline of the same seed; mean ± sd over seeds.", "",
+             "| arm | seeds | s/step | final val loss | final acc | " +
+             " | ".join(f"loss@{int(f * 100)}%" for f in FRACTIONS) + " | " +
+             " | ".join(f"acc {k[4:]}×best" for k in a["levels"]) + " | worst loss excess past 10% |",
+             "|---" * (6 + len(FRACTIONS) + len(a["levels"])) + "|"]
+    for arm in arms:
+        r = a["arms"][arm]
+        eq = [_f(r["equal_time"][f"val_loss@{f:g}"]) for f in FRACTIONS]
+        tg = [(_f(t["ratio"], ".2f") + ("" if t["n"] == t["of"] else f" ({t['n']}/{t['of']})")) if t["n"] else "never"
+              for t in r["targets"].values()]
+        ex = [x for x in r["worst_excess"].get("val_loss", []) if x is not None]
+        lines.append(f"| {arm} | {len(r['seeds'])} | {_f(r['step_time'])} | {_f(r['final_loss'])} | "
+                     f"{_f(r['final_acc'], '.4f')} | " + " | ".join(eq) + " | " + " | ".join(tg) +
+                     f" | {', '.join(f'{x:+.3f}' for x in ex) if ex else '-'} |")
+    lines += ["", "Targets: accuracy levels " + ", ".join(f"{k[4:]}× = {v:g}" for k, v in a["levels"].items()) +
+              " of the baseline's (worst seed's) best accuracy; cells are time to target ÷ baseline.", "",
+              "**Crossover** (first eval past 10 % of the budget from which on the arm stays worse than the "
+              "baseline; per seed; `-` = never within the budget):", "",
+              "| arm | val loss: CPU-s / tokens / passes | val acc: CPU-s / tokens / passes |", "|---|---|---|"]
+    for arm in arms:
+        if arm == "baseline":
+            continue
+        cells = []
+        for key in ("val_loss", "val_mlm_acc"):
+            parts = []
+            for c in a["arms"][arm]["crossover"].get(key, []):
+                parts.append("-" if c is None else f"{c['wall_s']:.0f} s / {c['tokens'] / 1e6:.1f} M / "
+                             + (f"{c['passes']:.2f}" if c.get("passes") is not None else "?"))
+            cells.append("; ".join(parts) or "-")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def render_plot(name: str, rep: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = rep["runs"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    colors = dict(zip(ARMS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    base = runs.get("baseline", {})
+    for arm in [a for a in ARMS if a in runs]:
+        for j, (sd, r) in enumerate(sorted(runs[arm].items())):
+            ev = r["evals"]
+            t = [e["wall_s"] for e in ev]
+            lab = arm if j == 0 else None
+            axes[0].plot(t, [e["val_loss"] for e in ev], color=colors[arm], lw=1.1, label=lab)
+            axes[1].plot(t, [e["val_mlm_acc"] for e in ev], color=colors[arm], lw=1.1, label=lab)
+            if arm != "baseline" and str(sd) in map(str, base):
+                b = base.get(sd) or base.get(str(sd))
+                d = [(e["wall_s"], e["val_loss"] - v) for e in ev
+                     if (v := interp(b["evals"], "val_loss", e["wall_s"])) is not None]
+                axes[2].plot([x for x, _ in d], [y for _, y in d], color=colors[arm], lw=1.1, label=lab)
+    axes[2].axhline(0, color="k", lw=0.8)
+    for ax, yl in zip(axes, ("val loss", "val MLM accuracy", "val loss − baseline's at equal CPU time"), strict=True):
+        ax.set_xlabel("CPU time, s (process clock)")
+        ax.set_ylabel(yl)
+        ax.grid(alpha=0.3)
+    losses = [e["val_loss"] for by in runs.values() for r in by.values() for e in r["evals"]]
+    if losses:
+        axes[0].set_ylim(min(losses) - 0.1, min(losses) + 1.5)
+    axes[0].legend()
+    fig.suptitle(f"{name}: one line per seed", fontsize=11)
+    fig.tight_layout()
+    atomic_savefig(fig, path, dpi=100)
+
+
+def write_report(name: str, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Path | None:
+    runs, old_meta = collect(name, args)
+    if not runs:
+        return None
+    c = CONFIGS[name]
+    meta = {**old_meta, "corpus": Path(c["corpus"]).name if c["corpus"] != "wiki" else "wiki (bundled)",
+            "preset": c["preset"], "candidates": args.candidates, "keep": args.keep,
+            "budget_s": max(args.budget_s, old_meta.get("budget_s", 0)), "eval_every": args.eval_every,
+            "machine": old_meta.get("machine") or machine(), **(extra or {})}
+    rep = {"meta": meta, "analysis": analyse(runs, meta["budget_s"], meta),
+           "runs": {a: {str(s): r for s, r in by.items()} for a, by in runs.items()}}
+    stem = Path(args.results) / f"tta_horizon_{name}"
+    atomic_write_json(stem.with_suffix(".json"), rep)
+    atomic_write_text(stem.with_suffix(".md"), render(name, rep))
+    render_plot(name, rep, stem.with_suffix(".png"))
+    return stem
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", default="", help="comma-separated CONFIG:ARM:SEED (run in order, claimed by lock)")
+    p.add_argument("--budget-s", type=float, default=2700.0, help="CPU-s of training per run")
+    p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--candidates", type=int, default=32)
+    p.add_argument("--keep", type=float, default=0.5)
+    p.add_argument("--runs", default=str(ROOT / "runs" / "horizon"))
+    p.add_argument("--results", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args(argv)
+    args.jobs = [j for j in args.jobs.split(",") if j.strip()]
+    for j in args.jobs:
+        parts = j.split(":")
+        if len(parts) != 3 or parts[0] not in CONFIGS or parts[1] not in ARMS or not parts[2].isdigit():
+            p.error(f"bad job {j!r}: CONFIG:ARM:SEED with CONFIG in {', '.join(CONFIGS)}, ARM in {', '.join(ARMS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.report_only:
+        run_jobs(args)
+    for name in CONFIGS:
+        stem = write_report(name, args)
+        if stem is not None:
+            print(stem.with_suffix(".md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
