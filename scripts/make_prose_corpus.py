@@ -19,7 +19,6 @@ import argparse
 import gzip
 import hashlib
 import html.parser
-import json
 import random
 import re
 import subprocess

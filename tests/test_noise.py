@@ -6,14 +6,13 @@ import shutil
 
 import pytest
 import torch
+from test_train import params, run_losses
 
 from sift_fast.config import build_config
 from sift_fast.errors import ConfigError
 from sift_fast.train.loop import Trainer
 from sift_fast.train.noise import AdaptiveKeep, NoiseScale, step_flops
 from sift_fast.train.step import probe_forward_backward
-
-from test_train import params, run_losses
 
 
 def test_noise_scale_recovers_population_trace_and_signal():
