@@ -27,8 +27,9 @@ CPU_DEFAULTS = {"clock": "process", "num_threads": 1}
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="sift-compare", description=__doc__)
     add_config_flags(parser)
-    parser.add_argument("--arms", default="baseline,entropy",
-                        help="comma-separated arms: baseline, entropy, loss, random, sb, anneal, auto")
+    parser.add_argument("--arms", default="baseline,default",
+                        help="comma-separated arms: baseline, default (the trainer's default SIFT: entropy, adaptive "
+                             "keep), entropy (fixed keep), loss, random, sb, anneal, auto, lr, sample")
     return parser
 
 
@@ -80,8 +81,31 @@ def _main(argv: list[str] | None) -> int:
     tmp.replace(out / "compare.md")
     render_plot(report, out / "compare.png")
     print(render_table(report))
+    print(one_seed_note(cfg))
     print(f"wrote {out / 'compare.md'}, {out / 'compare.json'}, {out / 'compare.png'}")
     return 0
+
+
+SUITE = Path(__file__).resolve().parents[2] / "bench" / "results" / "tta_horizon_repeated.json"
+
+
+def one_seed_note(cfg) -> str:
+    """Say that this is one seed, with the long-horizon suite's spread beside it when it is available."""
+    note = (f"note: one seed ({cfg.train.seed}) and {cfg.train.time_budget_s:g} s per arm; run-to-run spread is "
+            "larger than the differences early on.")
+    try:
+        arms = json.loads(SUITE.read_text())["analysis"]["arms"]
+    except (OSError, ValueError, KeyError):
+        return note + " The multi-seed evidence: bench/results/tta_horizon_*.md."
+    cells = []
+    for arm in ("default", "entropy"):
+        eq = arms.get(arm, {}).get("equal_time", {})
+        if eq:
+            parts = [f"{f}: {m:.3f}" + (f" ± {s:.3f}" if s else "") for f in ("0.25", "1")
+                     for m, s in [eq.get(f"val_loss@{f}", (None, None))] if m is not None]
+            cells.append(f"{arm} {', '.join(parts)} (seeds {len(arms[arm]['seeds'])})")
+    return note + (" Suite (bundled corpus, 2700 CPU-s, val loss ÷ baseline at 25% / 100% of the budget): "
+                   + "; ".join(cells) + "." if cells else "")
 
 
 def main(argv: list[str] | None = None) -> int:

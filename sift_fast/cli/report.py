@@ -72,7 +72,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def render_plot(report: dict[str, Any], path: Path) -> None:
-    """Validation accuracy vs wall-clock, vs candidate samples and vs backprop samples."""
+    """Validation accuracy vs training time (the clock the run used), candidate and backprop samples."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,7 +84,9 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
         acc = [e["val_mlm_acc"] for e in evals]
         for ax, key in zip(axes, ("wall_s", "samples", "backprop_samples")):
             ax.plot([e[key] for e in evals], acc, marker=".", label=arm)
-    for ax, label in zip(axes, ("training wall-clock (s)", "candidate samples", "backprop samples")):
+    clock = report["config"]["train"]["clock"]
+    xlabel = "training CPU time, s (process clock)" if clock == "process" else "training wall-clock, s"
+    for ax, label in zip(axes, (xlabel, "candidate samples", "backprop samples")):
         ax.set_xlabel(label)
         ax.set_ylabel("val MLM accuracy")
         ax.grid(alpha=0.3)

@@ -80,7 +80,9 @@ class Trainer:
 
             install(self)
         self.adaptive = None  # adaptive keep from the gradient noise scale (train/noise.py)
-        if cfg.sift.adaptive_keep == "noise" and cfg.sift.selection != "none":
+        # nothing to adapt when keep already backprops every candidate (keep = 1 stays bit-identical to the baseline)
+        if cfg.sift.adaptive and cfg.sift.selection != "none" and \
+                cfg.sift.backprop_size < cfg.sift.candidates:
             if hasattr(self.engine, "grad_sq_norm"):
                 from sift_fast.train.noise import AdaptiveKeep
 
