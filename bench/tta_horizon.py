@@ -333,6 +333,11 @@ def write_report(name: str, args: argparse.Namespace, extra: dict[str, Any] | No
     if not runs:
         return None
     c = CONFIGS[name]
+    if "train_sequences" not in old_meta and not (extra or {}).get("train_sequences"):
+        from sift_fast.train.builder import build_data
+
+        base = base_for(name, args)
+        extra = {**(extra or {}), "train_sequences": len(build_data(base).train), "seq_len": base.data.seq_len}
     meta = {**old_meta, "corpus": Path(c["corpus"]).name if c["corpus"] != "wiki" else "wiki (bundled)",
             "preset": c["preset"], "candidates": args.candidates, "keep": args.keep,
             "budget_s": max(args.budget_s, old_meta.get("budget_s", 0)), "eval_every": args.eval_every,

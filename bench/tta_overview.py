@@ -41,7 +41,7 @@ def overview(results: Path) -> tuple[list[dict[str, Any]], str]:
              "| config | arm | seeds | step time | acc target 3 | acc target 4 | loss target 3 | loss target 4 |",
              "|---|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("tta_*.json")):
-        if path.stem.endswith("_quick") or path.stem == "tta_overview":
+        if path.stem.endswith("_quick") or path.stem == "tta_overview" or path.stem.startswith("tta_horizon"):
             continue
         rep = json.loads(path.read_text())
         meta, s = rep["meta"], rep["summary"]
@@ -63,13 +63,46 @@ def overview(results: Path) -> tuple[list[dict[str, Any]], str]:
     return rows, "\n".join(lines) + "\n"
 
 
+def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
+    """Long-horizon suites (``tta_horizon_*.json``): equal-time val loss ÷ baseline and the crossover."""
+    rows: list[dict[str, Any]] = []
+    lines = ["", "# Long horizon: val loss ÷ baseline at equal CPU time, and the crossover", "",
+             "From `bench/results/tta_horizon_*.json` (`python bench/tta_horizon.py`); mean ± sd over seeds; "
+             "crossover = first eval past 10 % of the budget from which on the arm's val loss stays above the "
+             "baseline's (CPU-s / passes over the training split; `-` = never).", "",
+             "| config | arm | seeds | @25% | @50% | @75% | @100% | loss crossover | acc crossover |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(results.glob("tta_horizon_*.json")):
+        rep = json.loads(path.read_text())
+        name = path.stem.removeprefix("tta_horizon_")
+        head = f"{name} ({rep['meta']['preset']}, {rep['meta']['budget_s']:g} CPU-s)"
+        for arm, r in rep["analysis"]["arms"].items():
+            if arm == "baseline":
+                continue
+            eq = []
+            for f in ("0.25", "0.5", "0.75", "1"):
+                m, sd = r["equal_time"].get(f"val_loss@{f}", (None, None))
+                eq.append("-" if m is None else f"{m:.3f}" + (f" ± {sd:.3f}" if sd else ""))
+            cross = []
+            for key in ("val_loss", "val_mlm_acc"):
+                cells = [("-" if c is None else f"{c['wall_s']:.0f} s / {c['passes']:.1f}" if c.get("passes")
+                          else f"{c['wall_s']:.0f} s") for c in r["crossover"].get(key, [])]
+                cross.append("; ".join(cells) or "-")
+            lines.append(f"| {head} | {arm} | {len(r['seeds'])} | " + " | ".join(eq + cross) + " |")
+            rows.append({"config": name, "arm": arm, "seeds": r["seeds"], "equal_time": eq, "crossover": cross})
+            head = ""
+    return rows, "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     args = p.parse_args(argv)
     results = Path(args.results)
     rows, md = overview(results)
-    atomic_write_json(results / "tta_overview.json", {"rows": rows})
+    hrows, hmd = horizon(results)
+    md += hmd
+    atomic_write_json(results / "tta_overview.json", {"rows": rows, "horizon": hrows})
     atomic_write_text(results / "tta_overview.md", md)
     print(md)
     return 0

@@ -120,3 +120,31 @@ def test_adaptive_run_probes_logs_and_resumes_bitwise(micro_cfg, tmp_path):
     pa, pb = params(full), params(resumed)
     assert all(torch.equal(pa[k], pb[k]) for k in pa)
     assert resumed.adaptive.state_dict() == full.adaptive.state_dict()
+
+
+def test_sample_rule_loss_is_unbiased_for_the_baseline_loss(micro_cfg):
+    """k = 1 draw: Σ_i p_i · L_IS(i) equals the baseline's token-mean loss over every candidate (exact)."""
+    tr = Trainer(micro_cfg(selection="entropy", selection_rule="sample", keep=0.125, sample_mix=0.3))
+    batch = tr.loader.next_batch()
+    scores = torch.rand(batch.size, generator=torch.Generator().manual_seed(1)) + 0.1
+    scores[2] = float("-inf")  # a sequence without masked tokens scores -inf: only the uniform share draws it
+    p = tr.selector.probabilities(scores)
+    assert float(p.sum()) == pytest.approx(1.0) and float(p[2]) == pytest.approx(0.3 / batch.size)
+    with torch.no_grad():
+        expected = 0.0
+        for i in range(batch.size):
+            sub = batch.select([i])
+            w = tr.selector.sample_weights(p[i:i + 1], batch.num_masked)
+            rw = torch.repeat_interleave(w, sub.masked_row_ptr.diff())
+            if sub.num_masked:
+                expected += float(p[i]) * float(tr.engine.forward(sub, row_weight=rw).loss)
+        full = float(tr.engine.forward(batch).loss)
+    assert expected == pytest.approx(full, rel=1e-5)
+    kept, pk = tr.selector.sample(scores, 5)
+    assert kept.tolist() == sorted(kept.tolist()) and torch.equal(pk, p[kept])
+
+
+def test_sample_rule_trains_and_logs(micro_cfg):
+    tr = Trainer(micro_cfg(selection="entropy", selection_rule="sample", keep=0.5, max_steps=4))
+    summary = tr.run()
+    assert summary["steps"] == 4 and tr.backprop_samples == 4 * 4
