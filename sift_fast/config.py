@@ -92,7 +92,7 @@ class SiftConfig:
     exit_auto_overlap: float = 0.7  # ... the shallowest layer whose top-k overlap with full depth stays above this
     selection_rule: str = "topk"  # topk (keep the highest scores) | sample (importance sampling, unbiased reweighting)
     sample_mix: float = 0.1  # selection_rule=sample: uniform share mixed into the score-proportional distribution
-    adaptive_keep: str = "auto"  # auto (noise unless anneal_until / selection_rule=sample) | noise | off; train/noise.py
+    adaptive_keep: str = "auto"  # auto (noise unless anneal_until or selection_rule=sample) | noise | off
     noise_every: int = 4  # adaptive_keep=noise: probe the gradient noise scale every N steps
     noise_decay: float = 0.95  # ... EMA decay of the noise-scale estimates per probe
     noise_scale: float = 2.0  # ... safety factor on the measured noise scale in the keep rule (see train/noise.py)
