@@ -51,7 +51,7 @@ from sift_fast.train.metrics import atomic_savefig, atomic_write_json, atomic_wr
 
 CORPORA = {"wiki": "bundled", "linux-docs": str(ROOT.parent / "shared" / "data" / "linux-docs-prose.txt")}
 HARNESS_ARMS = ("baseline", "entropy", "loss", "random", "random-free", "sb", "anneal", "auto", "default", "lr",
-                "sample")
+                "sample", "noise")
 # auto targets: fractions of the baseline's progress within the budget (loss ones skip the fast unigram phase)
 ACC_FRACTIONS = (0.6, 0.75, 0.9, 0.97)
 LOSS_FRACTIONS = (0.8, 0.9, 0.95, 0.98)

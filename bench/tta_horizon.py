@@ -10,9 +10,9 @@ last checkpoint when ``--budget-s`` grows):
 
 Arms: ``baseline``; ``entropy`` (fixed keep); ``random`` (pays for scoring); ``anneal`` (keep → 1 by the
 entropy arm's step count); ``lr`` (entropy with the peak LR × √keep, Adam's square-root rule for the
-smaller backprop batch); ``sample`` (importance-sampled selection, unbiased reweighting); ``default``
-(what ``sift-pretrain`` does with no selection flags: entropy + adaptive keep from the gradient noise
-scale, ``sift_fast/train/noise.py``).
+smaller backprop batch); ``sample`` (importance-sampled selection, unbiased reweighting); ``noise``
+(entropy with keep raised towards 1 as the gradient noise scale grows, ``sift_fast/train/noise.py``).
+``sift-pretrain``'s default SIFT is the ``entropy`` arm.
 
 Reported per configuration and arm (``bench/results/tta_horizon_<config>.{md,json,png}``): val loss and
 accuracy ÷ baseline at equal CPU time at 25/50/75/100 % of the budget, the crossover (the first eval
@@ -22,8 +22,8 @@ candidate tokens and passes over the training split), time to the early and late
 
 Runs are claimed with a lock file, so two processes with the same ``--jobs`` list share the work:
 
-    python bench/tta_horizon.py --jobs single-pass:baseline:0,single-pass:default:0 --budget-s 2700 &
-    python bench/tta_horizon.py --jobs single-pass:baseline:0,single-pass:default:0 --budget-s 2700 &
+    python bench/tta_horizon.py --jobs single-pass:baseline:0,single-pass:noise:0 --budget-s 2700 &
+    python bench/tta_horizon.py --jobs single-pass:baseline:0,single-pass:noise:0 --budget-s 2700 &
     python bench/tta_horizon.py --report-only            # rewrite every report from finished runs
 
 Finished runs' eval curves are kept in the report JSON, so reports from earlier sessions survive the
@@ -53,14 +53,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "repeated": {"corpus": "wiki", "preset": "proxy-12"},
     "wide": {"corpus": str(PROSE), "preset": "proxy-12-wide"},
 }
-ARMS = ("baseline", "entropy", "random", "anneal", "lr", "sample", "default")
+ARMS = ("baseline", "entropy", "random", "anneal", "lr", "sample", "noise")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 EARLY, LATE = (0.6, 0.75), (0.9, 0.97)  # accuracy targets: fractions of the baseline's best
 
 
 def horizon_arm(base, arm: str, seed: int, out: Path, group: Path):
     """Config of one (arm, seed) run: ``sift_fast.cli.arms`` plus the harness's paying ``random``/``anneal``."""
-    if arm in ("default", "lr", "sample"):
+    if arm in ("noise", "lr", "sample"):
         from sift_fast.cli.arms import arm_overrides
 
         return base.replace(**arm_overrides(arm, base), seed=seed, out=str(out))
@@ -236,7 +236,7 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
 
 
 def _adaptive_trace(run: Path) -> list[list[float]]:
-    """(wall_s, step, backprop size, noise scale) of the default arm's step records, thinned."""
+    """(wall_s, step, backprop size, noise scale) of the noise arm's step records, thinned."""
     path = run / "metrics.jsonl"
     out = []
     for ln in path.read_text().splitlines() if path.exists() else []:

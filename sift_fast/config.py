@@ -92,7 +92,7 @@ class SiftConfig:
     exit_auto_overlap: float = 0.7  # ... the shallowest layer whose top-k overlap with full depth stays above this
     selection_rule: str = "topk"  # topk (keep the highest scores) | sample (importance sampling, unbiased reweighting)
     sample_mix: float = 0.1  # selection_rule=sample: uniform share mixed into the score-proportional distribution
-    adaptive_keep: str = "auto"  # auto (noise unless anneal_until or selection_rule=sample) | noise | off
+    adaptive_keep: str = "off"  # off | noise (keep follows the gradient noise scale; opt-in, see train/noise.py)
     noise_every: int = 4  # adaptive_keep=noise: probe the gradient noise scale every N steps
     noise_decay: float = 0.95  # ... EMA decay of the noise-scale estimates per probe
     noise_scale: float = 2.0  # ... safety factor on the measured noise scale in the keep rule (see train/noise.py)
@@ -124,7 +124,7 @@ class SiftConfig:
         _choice("selection_rule", self.selection_rule, ("topk", "sample"))
         if not 0.0 <= self.sample_mix <= 1.0:
             raise ConfigError(f"sample_mix must be in [0, 1]; got {self.sample_mix}")
-        _choice("adaptive_keep", self.adaptive_keep, ("auto", "off", "noise"))
+        _choice("adaptive_keep", self.adaptive_keep, ("off", "noise"))
         _positive("noise_every", self.noise_every)
         if not 0.0 <= self.noise_decay < 1.0:
             raise ConfigError(f"noise_decay must be in [0, 1); got {self.noise_decay}")
@@ -137,9 +137,7 @@ class SiftConfig:
 
     @property
     def adaptive(self) -> bool:
-        """Whether keep follows the gradient noise scale (``auto``: unless another keep schedule is set)."""
-        if self.adaptive_keep == "auto":
-            return not self.anneal_until and self.selection_rule == "topk"
+        """Whether keep follows the gradient noise scale."""
         return self.adaptive_keep == "noise"
 
     @property
@@ -242,12 +240,10 @@ class Config:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # Tests only: 2 layers, width 32, a 512-entry vocab trained on the corpus. Fixed keep: its gradient noise
-    # scale outgrows the 8-candidate pool within a few steps, so the adaptive default would turn every SIFT
-    # test into a baseline test (tests of the adaptive rule ask for it).
+    # Tests only: 2 layers, width 32, a 512-entry vocab trained on the corpus.
     "micro": dict(num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, seq_len=32,
                   vocab="train", vocab_size=512, candidates=8, lr=3e-3, lr_warmup_steps=5,
-                  eval_every=10, eval_batch_size=32, max_valid_sequences=32, log_every=5, adaptive_keep="off"),
+                  eval_every=10, eval_batch_size=32, max_valid_sequences=32, log_every=5),
     "tiny-cpu": dict(num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024, seq_len=128,
                      vocab="bundled", candidates=32, lr=1e-3),
     # Like BERT-base, a layer-1 scoring pass is ~8% of a SIFT step; SIFT/baseline step FLOPs ~0.54.

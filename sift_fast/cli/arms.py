@@ -21,9 +21,11 @@ def arm_overrides(name: str, base: Config) -> dict[str, Any]:
     defaults = SiftConfig()
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
-        # the trainer's default SIFT: entropy at the exit layer, keep adapted to the gradient noise scale
+        # the trainer's default SIFT (today: entropy at the exit layer, fixed keep)
         "default": {"selection": defaults.selection, "adaptive_keep": defaults.adaptive_keep, "anneal_until": 0,
                     "selection_rule": defaults.selection_rule},
+        # entropy with keep raised towards 1 as the gradient noise scale grows (train/noise.py)
+        "noise": {"selection": "entropy", **{**FIXED, "adaptive_keep": "noise"}},
         "entropy": {"selection": "entropy", **FIXED},
         "loss": {"selection": "loss", **FIXED},
         "random": {"selection": "random", **FIXED},  # uniform keep, no scoring pass ("more, cheaper steps")

@@ -28,8 +28,9 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="sift-compare", description=__doc__)
     add_config_flags(parser)
     parser.add_argument("--arms", default="baseline,default",
-                        help="comma-separated arms: baseline, default (the trainer's default SIFT: entropy, adaptive "
-                             "keep), entropy (fixed keep), loss, random, sb, anneal, auto, lr, sample")
+                        help="comma-separated arms: baseline, default (the trainer's default SIFT), entropy (fixed "
+                             "keep), noise (entropy, keep from the gradient noise scale), loss, random, sb, anneal, "
+                             "auto, lr, sample")
     return parser
 
 
