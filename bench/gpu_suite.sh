@@ -17,7 +17,7 @@ set -uo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 DRY=0; [ "${1:-}" = "--dry-run" ] && DRY=1
 OUT="${OUT:-$REPO/bench/results/gpu}"
-WORK="$(mktemp -d /tmp/gpu_suite.XXXX)"; LOGS="$WORK/logs"; mkdir -p "$LOGS" "$OUT"
+WORK="$(mktemp -d /tmp/gpu_suite.XXXX)"; LOGS="$WORK/logs"; mkdir -p "$LOGS" "$OUT" "$WORK"/{scorer,step,overlap,nsys}
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export CUBLAS_WORKSPACE_CONFIG=:4096:8

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
               "| N | measured % of matmul (triton_rows_sorted) | predicted % (H100 roofline) |", "|---:|---:|---:|"]
     measured = {}
     for blob in res["results"]["scorer"].values():
-        for row in blob.get("rows", []) if isinstance(blob, dict) else []:
+        for row in blob.get("exit_scorer", []) if isinstance(blob, dict) else []:
             pct = row.get("methods", {}).get("triton_rows_sorted", {}).get("pct_of_matmul")
             if pct is not None:
                 measured[row.get("N")] = pct

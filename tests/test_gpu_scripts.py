@@ -40,10 +40,13 @@ def test_summary_of_a_cut_off_run(tmp_path):
     losses = [10.0 - 0.02 * s for s in range(0, 200, 10)]
     (work / "sift_200" / "metrics.jsonl").write_text("\n".join(
         json.dumps({"type": "step", "step": s, "loss": v}) for s, v in zip(range(0, 200, 10), losses)))
+    (work / "scorer").mkdir()
+    (work / "scorer" / "exit_scorer_h100.json").write_text(json.dumps({"exit_scorer": [
+        {"N": 16384, "methods": {"triton_rows_sorted": {"pct_of_matmul": 71.4}}}]}))
     assert gpu_summary.main(["--status", str(work / "status.tsv"), "--work", str(work), "--out", str(out)]) == 0
     res = json.loads((out / "gpu_suite.json").read_text())
     assert [p["rc"] for p in res["parts"]] == ["0", "124"] and res["loss_falls"] is True
     md = (out / "gpu_suite.md").read_text()
-    assert "| scorer_bench | 124 | 90 | 90 |" in md and "| 8192 |  | 68–81 |" in md
+    assert "| scorer_bench | 124 | 90 | 90 |" in md and "| 8192 |  | 68–81 |" in md and "| 16384 | 71 | 82–97 |" in md
     assert gpu_summary.falling([(s, 1.0 + 0.01 * s) for s in range(20)]) is False
     assert gpu_summary.falling([(0, 1.0)]) is None
