@@ -164,7 +164,7 @@ def cpu_markdown(res: dict[str, Any]) -> str:
         "`TRITON_INTERPRET=1`.",
         "",
         "**GPU numbers are still to be measured** (no GPU was lent to this session): run "
-        "`bash bench/run_gpu_exit_scorer.sh` in one device call; it writes `exit_scorer_<card>.json/.md`.",
+        "`bash bench/gpu_suite.sh` in one device call; it writes `exit_scorer_<card>.json/.md`.",
         "",
         "Max abs error of per-sequence scores vs an fp64 brute force (full float64 logits from the same "
         "hidden-dtype inputs). `torch` = `sift_fast.ops.exit_scores(backend='torch')` in the same dtype "

@@ -155,7 +155,7 @@ def test_step_records_carry_score_time_and_hidden_share(micro_cfg, tmp_path, ove
 @pytest.fixture
 def deterministic():
     """Bitwise run-to-run equality on CUDA (cuBLAS workspace must be set before CUDA init; see
-    bench/run_gpu_step_overlap.sh, which exports it)."""
+    bench/gpu_suite.sh, which exports it)."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     prev = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)

@@ -138,7 +138,9 @@ class DeepSpeedEngine:
     def forward(self, batch) -> MLMOutput:
         import torch.distributed as dist
 
-        loss, correct = self.ds(batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_targets)
+        # model_attention_mask: None for an unpadded batch, as the TorchEngine passes (no HF mask.all() sync)
+        loss, correct = self.ds(batch.input_ids, batch.model_attention_mask, batch.masked_index,
+                                batch.masked_targets)
         n = int(batch.masked_index.numel())
         stats = torch.stack([loss.detach().double() * n, correct.double(),
                              torch.tensor(float(n), dtype=torch.float64, device=loss.device)])
