@@ -15,7 +15,7 @@ from sift_fast.data.blend import BlendedSamples, parse_blend
 from sift_fast.data.indexed import write_indexed
 from sift_fast.data.packing import concat_documents
 from sift_fast.data.prefetch import Prefetcher, maybe_prefetch
-from sift_fast.data.samples import PackedSamples, build_sample_index, cached_samples, doc_table, num_samples
+from sift_fast.data.samples import PackedSamples, build_sample_index, doc_table, num_samples
 from sift_fast.errors import ConfigError, DataError
 
 VOCAB, SPECIALS = 1000, [0, 1, 2, 3, 4]
@@ -197,7 +197,8 @@ def test_blend_rows_follow_the_weights_and_rotate(tmp_path):
     seen = {int(j) for e in range(4) for j in (np.asarray(blend.within)[src == 0] + e * blend.quota[0]) % len(a)}
     assert seen == set(range(len(a)))
     again = BlendedSamples([a, b], [0.25, 0.75], cache_dir=tmp_path, key="t")  # cached index
-    assert isinstance(again.source, np.memmap) and np.array_equal(again.rows(np.arange(n), 3), blend.rows(np.arange(n), 3))
+    assert isinstance(again.source, np.memmap)
+    np.testing.assert_array_equal(again.rows(np.arange(n), 3), blend.rows(np.arange(n), 3))
 
 
 def test_blend_corpus_trains_and_resumes(bert, tmp_path):
