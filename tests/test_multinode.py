@@ -52,6 +52,31 @@ def agents(small_corpus, out: Path, steps: int) -> list[subprocess.Popen]:
     return procs
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (torchrun starts its workers in sessions of their own)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def kill_all(pids: list[int]) -> None:
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def step_losses(out: Path) -> list[float]:
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     return [r["loss"] for r in recs if r["type"] == "step"]
@@ -82,13 +107,12 @@ def test_two_agents_equal_one_node_and_a_dead_node_fails_fast(small_corpus, tmp_
         while not re.search(r"^step +2/", log.read_text(errors="replace"), re.M):
             assert time.time() < deadline and procs[0].poll() is None, "the job did not start training"
             time.sleep(0.5)
-        os.killpg(procs[1].pid, signal.SIGKILL)  # node 1: its agent and its worker
+        kill_all(descendants(procs[1].pid))  # node 1: its agent and its worker
         killed = time.time()
         code = procs[0].wait(timeout=120)
         elapsed = time.time() - killed
     finally:
         for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+            kill_all(descendants(p.pid))
     print(f"surviving node exited {code} {elapsed:.1f} s after node 1 died")
     assert code != 0 and elapsed < 60, f"exit {code} after {elapsed:.1f} s"
