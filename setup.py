@@ -51,7 +51,7 @@ ext_modules = []
 if os.environ.get("SIFT_FAST_NO_EXT", "") not in ("", "0"):
     print("SIFT_FAST_NO_EXT set: skipping the sift_fast._C extension", file=sys.stderr)
 else:
-    ext_modules = [Extension("sift_fast._C", sources=["csrc/pack.cpp"], language="c++")]
+    ext_modules = [Extension("sift_fast._C", sources=["csrc/data_index.cpp"], language="c++")]
 
 # kernels/ lives at the top level (Triton kernels never import the trainer) and is
 # installed as the subpackage sift_fast.kernels.

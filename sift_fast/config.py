@@ -52,7 +52,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data: str = "bundled"  # bundled | path.txt | path.jsonl | hf:NAME[:CONFIG[:SPLIT]]
+    data: str = "bundled"  # bundled | path.txt | path.jsonl | hf:NAME[:CONFIG[:SPLIT]] | PREFIX | "W1 P1 W2 P2" blend
     vocab: str = "train"  # train | bundled | path to vocab.txt / tokenizer.json | hub name
     vocab_size: int = 8192  # for vocab=train
     seq_len: int = 128  # packed sequence length S, [CLS] and [SEP] included
@@ -62,6 +62,7 @@ class DataConfig:
     max_train_tokens: int = 0  # 0 = all
     cache_dir: str = ""  # default: ~/.cache/sift_fast
     mask_prob: float = 0.15  # MLM masking rate (80/10/10 mask/random/keep)
+    prefetch: int = -1  # candidate batches built ahead in a background thread; -1 = auto (2 on CUDA, else 0)
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
@@ -73,6 +74,8 @@ class DataConfig:
             raise ConfigError(f"mask_prob must be in (0, 1); got {self.mask_prob}")
         _positive("max_valid_sequences", self.max_valid_sequences)
         _positive("max_train_tokens", self.max_train_tokens, allow_zero=True)
+        if self.prefetch < -1:
+            raise ConfigError(f"prefetch must be -1 (auto), 0 (off) or a queue depth >= 1; got {self.prefetch}")
 
 
 @dataclass

@@ -160,7 +160,7 @@ def test_pack_numpy_matches_reference(seq_len):
     rng = np.random.default_rng(seq_len)
     for _ in range(20):
         docs = random_docs(rng, int(rng.integers(0, 12)), 3 * seq_len)
-        got = pack_flat(*concat_documents(docs), seq_len, 1, 2, 0, use_ext=False)
+        got = pack_flat(*concat_documents(docs), seq_len, 1, 2, 0)
         np.testing.assert_array_equal(got, reference_pack(docs, seq_len, 1, 2, 0))
         np.testing.assert_array_equal(pack_sequences(docs, seq_len, 1, 2, 0), got)
         assert got.dtype == np.int32 and got.shape[1] == seq_len
@@ -398,12 +398,18 @@ def test_build_corpus_split_pack_and_cache(tmp_path, bert, monkeypatch):
     np.testing.assert_array_equal(
         pc.valid, reference_pack(tokens[cut:], 16, bert.cls_id, bert.sep_id, bert.pad_id)
     )
-    assert pc.train.dtype == np.int32 and len(list(cache.glob("*.npy"))) == 2
+    assert pc.train.dtype == np.int32 and pc.valid.dtype == np.int32
+    # the cache: the tokenized corpus (.bin/.idx) and the train and valid sample indices (docs + index each)
+    assert len(list(cache.glob("tokens-*.bin"))) == 1 and len(list(cache.glob("samples-*.npy"))) == 4
 
-    def no_packing(*a, **k):
+    def no_tokenizing(*a, **k):
         raise AssertionError("rebuilt instead of loading the cache")
 
-    monkeypatch.setattr(dataset_mod, "pack_sequences", no_packing)
+    monkeypatch.setattr(dataset_mod, "write_indexed", no_tokenizing)
+    monkeypatch.setattr(dataset_mod, "doc_table", no_tokenizing, raising=False)
+    import sift_fast.data.samples as samples_mod
+
+    monkeypatch.setattr(samples_mod, "build_sample_index", no_tokenizing)
     again = build_corpus(str(tmp_path / "c.txt"), bert, 16, valid_fraction=0.2, cache_dir=cache)
     np.testing.assert_array_equal(again.train, pc.train)
     np.testing.assert_array_equal(again.valid, pc.valid)
@@ -411,7 +417,7 @@ def test_build_corpus_split_pack_and_cache(tmp_path, bert, monkeypatch):
 
     cased = load_tokenizer(str(BUNDLED_VOCAB), lowercase=False)
     build_corpus(str(tmp_path / "c.txt"), cased, 16, valid_fraction=0.2, cache_dir=cache)
-    assert len(list(cache.glob("*.npy"))) == 4  # new vocab -> new key
+    assert len(list(cache.glob("tokens-*.bin"))) == 2  # new vocab -> new key
     small = build_corpus(
         str(tmp_path / "c.txt"),
         bert,

@@ -26,7 +26,7 @@ from sift_fast.distributed.ds_config import derive_ds_config, load_ds_json
 from sift_fast.distributed.selection import (
     GlobalSelection,
     ShardedCandidateLoader,
-    global_topk_share,
+    assign_kept,
     local_topk_union,
 )
 from sift_fast.errors import ConfigError
@@ -149,18 +149,24 @@ def test_shards_are_slices_of_the_global_batch():
         other.load_state_dict(state)
 
 
-def test_global_topk_equals_single_process_topk_over_the_union():
+def test_assigned_shares_are_the_union_top_k_own_first():
     g = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        scores = torch.randn(WORLD * 8, generator=g)
-        shares = [global_topk_share(scores, 4, r, WORLD) for r in range(WORLD)]
-        assert all(len(s) == 4 for s in shares)  # every rank backprops the same static count
-        assert torch.equal(torch.cat(shares), select_topk(scores, 4 * WORLD).sort().values)
+    for w, c, k in ((2, 8, 4), (4, 6, 2), (3, 5, 5), (5, 4, 1)):
+        for _ in range(20):
+            scores = torch.randn(w * c, generator=g)
+            top = select_topk(scores, k * w)
+            shares = assign_kept(top, k, w, c)
+            assert all(len(s) == k for s in shares)  # every rank backprops the same static count
+            assert sorted(np.concatenate(shares).tolist()) == sorted(top.tolist())  # == union top-k
+            for r, share in enumerate(shares):  # a rank keeps min(k, its own kept) of its own candidates
+                own = [i for i in top.tolist() if i // c == r]
+                assert sum(i // c == r for i in share) == min(k, len(own))
+    assert [s.tolist() for s in assign_kept([4, 5, 6, 7], 2, 2, 4)] == [[6, 7], [4, 5]]
     local = local_topk_union(torch.tensor([5.0, 1, 2, 9, 0, 7, 8, 3]), 2, 2)
     assert local.tolist() == [0, 3, 5, 6]
 
 
-def test_global_selection_gathers_candidates(monkeypatch):
+def test_global_selection_moves_scores_and_rebuilds_kept_from_ids(monkeypatch):
     from sift_fast.distributed.selection import pack
     from sift_fast.selection import Plan
 
@@ -168,17 +174,34 @@ def test_global_selection_gathers_candidates(monkeypatch):
     shards = [ShardedCandidateLoader(train, 4, masker, 0, seed=1, rank=r, world_size=WORLD) for r in range(WORLD)]
     parts = [s.next_batch() for s in shards]
     scores = [torch.arange(4.0), torch.arange(4.0) + 10]  # rank 1 holds the global top 4
+    sent = []
 
     def run(rank):
-        sel = GlobalSelection(rank, WORLD, torch.device("cpu"), 0, seed=0, step_fn=lambda: 0)
-        monkeypatch.setattr(sel, "_all_gather", lambda t: torch.cat([pack(p, s) for p, s in zip(parts, scores)]))
-        return sel(Plan("score", 2), parts[rank], scores[rank])
+        sel = GlobalSelection(rank, WORLD, torch.device("cpu"), 0, seed=0, step_fn=lambda: 0,
+                              build=shards[rank].build)
 
-    (k0, b0, s0), (k1, b1, _) = run(0), run(1)
-    assert k0.tolist() == [4, 5] and k1.tolist() == [6, 7] and torch.equal(s0, torch.cat(scores))
-    assert torch.equal(torch.cat([b0.sample_ids[k0], b1.sample_ids[k1]]), parts[1].sample_ids)
-    for name in ("input_ids", "labels", "attention_mask", "masked_index"):
-        assert torch.equal(getattr(b0.select(k0), name), getattr(parts[1].select([0, 1]), name))
+        def gather(t):
+            sent.append(t)
+            return torch.cat([pack(p.sample_ids, s) for p, s in zip(parts, scores)])
+
+        monkeypatch.setattr(sel, "_all_gather", gather)
+        out = sel(Plan("score", 2), parts[rank], scores[rank])
+        assert sel.last_bytes == 4 * 8  # C x (int32 id + fp32 score): no tokens
+        return out
+
+    (k0, b0, s0), (k1, b1, s1) = run(0), run(1)
+    assert all(t.shape == (4, 2) and t.dtype == torch.int32 for t in sent)
+    # rank 1 keeps its two lowest-index kept candidates, rank 0 receives the other two, rebuilt from their ids
+    assert k1.tolist() == [0, 1] and b1 is parts[1] and k0.tolist() == [4, 5] and b0.size == 6
+    whole = parts[1]
+    for name in ("input_ids", "labels", "attention_mask", "sample_ids"):
+        assert torch.equal(getattr(b0.select(k0), name), getattr(whole.select([2, 3]), name))
+        assert torch.equal(getattr(b1.select(k1), name), getattr(whole.select([0, 1]), name))
+    assert torch.equal(b0.select(k0).masked_index, whole.select([2, 3]).masked_index)
+    # scores: the source rows' first, then the rest of the gathered ones (same multiset, global mean)
+    assert torch.equal(s0[:6], torch.cat([scores[0], scores[1][2:]])) and torch.equal(s1[:4], scores[1])
+    for s in (s0, s1):
+        assert sorted(s.tolist()) == sorted(torch.cat(scores).tolist())
 
 
 def test_hooks_off_restores_hooks():

@@ -5,7 +5,8 @@ from sift_fast.data.corpus import BUNDLED_CORPUS, corpus_texts, detokenize_wikit
 from sift_fast.data.dataset import PackedCorpus, build_corpus
 from sift_fast.data.loader import CandidateLoader, validation_batches
 from sift_fast.data.mlm import MLMMasker
-from sift_fast.data.packing import HAVE_EXT, pack_sequences
+from sift_fast.data.packing import pack_sequences
+from sift_fast.data.samples import HAVE_EXT, PackedSamples
 from sift_fast.data.tokenizer import BUNDLED_VOCAB, Vocab, load_tokenizer
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "CandidateLoader",
     "MLMMasker",
     "PackedCorpus",
+    "PackedSamples",
     "Vocab",
     "build_corpus",
     "corpus_texts",

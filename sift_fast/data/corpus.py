@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+from sift_fast.data.blend import parse_blend
 from sift_fast.data.indexed import is_indexed
 from sift_fast.errors import DataError
 
@@ -79,6 +80,11 @@ def read_documents(spec: str, *, text_key: str = "text") -> list[str]:
     detokenized first). Raises DataError for a missing file or a corpus without text.
     """
     spec = str(spec)
+    if parse_blend(spec) is not None:
+        raise DataError(
+            f"corpus {spec!r} is a weighted blend: it has no single text to train a tokenizer on; pass --vocab "
+            "with the tokenizer its corpora were preprocessed with"
+        )
     if is_indexed(spec):
         raise DataError(
             f"corpus {spec} is a Megatron indexed dataset (already tokenized): it has no text to train a "

@@ -76,31 +76,36 @@ class IndexedTokens:
     document ``d`` (its sequences concatenated). Every inconsistency raises one DataError line.
     """
 
-    def __init__(self, prefix: str | Path) -> None:
+    def __init__(self, prefix: str | Path, *, check: bool = True) -> None:
         self.bin_path, self.idx_path = index_paths(strip_scheme(prefix))
         for p in (self.idx_path, self.bin_path):
             if not p.is_file():
                 raise DataError(f"Megatron indexed dataset: {p} not found")
-        raw = self.idx_path.read_bytes()
         name = self.idx_path
-        if len(raw) < _FIXED or raw[: len(INDEX_HEADER)] != INDEX_HEADER:
+        with open(name, "rb") as f:
+            head = f.read(_FIXED)
+        if len(head) < _FIXED or head[: len(INDEX_HEADER)] != INDEX_HEADER:
             raise DataError(f"{name} is not a Megatron index (.idx) file (bad header)")
         off = len(INDEX_HEADER)
-        (version,) = struct.unpack_from("<Q", raw, off)
+        (version,) = struct.unpack_from("<Q", head, off)
         if version != INDEX_VERSION:
             raise DataError(f"{name}: index version {version} is not supported (only {INDEX_VERSION})")
-        (code,) = struct.unpack_from("<B", raw, off + 8)
+        (code,) = struct.unpack_from("<B", head, off + 8)
         if code not in _INTEGER_CODES:
             raise DataError(f"{name}: dtype code {code} is not an integer token type")
         self.dtype = np.dtype(DTYPE_CODES[code])
-        n_seq, n_doc = struct.unpack_from("<QQ", raw, off + 9)
+        n_seq, n_doc = struct.unpack_from("<QQ", head, off + 9)
         need = _FIXED + 4 * n_seq + 8 * n_seq + 8 * n_doc
-        if len(raw) not in (need, need + n_seq):  # + modes when multimodal
-            raise DataError(f"{name}: size {len(raw)} bytes does not match {n_seq} sequences / {n_doc} documents")
-        self.lengths = np.frombuffer(raw, np.int32, n_seq, _FIXED).astype(np.int64)
-        self.pointers = np.frombuffer(raw, np.int64, n_seq, _FIXED + 4 * n_seq).copy()
-        self.document_indices = np.frombuffer(raw, np.int64, n_doc, _FIXED + 12 * n_seq).copy()
-        self._check()
+        size = name.stat().st_size
+        if size not in (need, need + n_seq):  # + modes when multimodal
+            raise DataError(f"{name}: size {size} bytes does not match {n_seq} sequences / {n_doc} documents")
+        # memory-mapped views: the index of a corpus larger than memory costs page cache, not heap
+        raw = np.memmap(name, dtype=np.uint8, mode="r")
+        self.lengths = raw[_FIXED : _FIXED + 4 * n_seq].view(np.int32)
+        self.pointers = raw[_FIXED + 4 * n_seq : _FIXED + 12 * n_seq].view(np.int64)
+        self.document_indices = raw[_FIXED + 12 * n_seq : _FIXED + 12 * n_seq + 8 * n_doc].view(np.int64)
+        if check:
+            self._check()
         size = self.bin_path.stat().st_size
         self._data = np.memmap(self.bin_path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
 
@@ -108,16 +113,29 @@ class IndexedTokens:
         name, isz = self.idx_path, self.dtype.itemsize
         if (self.lengths < 0).any():
             raise DataError(f"{name}: negative sequence length")
-        expect = np.concatenate([[0], np.cumsum(self.lengths[:-1] * isz)]) if len(self.lengths) else self.lengths
+        lengths = self.lengths.astype(np.int64)
+        expect = np.concatenate([[0], np.cumsum(lengths[:-1] * isz)]) if len(lengths) else lengths
         if not np.array_equal(self.pointers, expect):
             raise DataError(f"{name}: sequence pointers are not contiguous (not a preprocessed dataset?)")
         di = self.document_indices
-        if len(di) == 0 or di[0] != 0 or di[-1] != len(self.lengths) or (np.diff(di) < 0).any():
-            raise DataError(f"{name}: document indices must rise from 0 to the sequence count {len(self.lengths)}")
+        if len(di) == 0 or di[0] != 0 or di[-1] != len(lengths) or (np.diff(di) < 0).any():
+            raise DataError(f"{name}: document indices must rise from 0 to the sequence count {len(lengths)}")
         size = self.bin_path.stat().st_size
-        total = int(self.lengths.sum()) * isz
+        total = int(lengths.sum()) * isz
         if size != total:
             raise DataError(f"{self.bin_path}: {size} bytes, the index describes {total} (truncated or mismatched?)")
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token of the ``.bin``, memory-mapped, in its own dtype."""
+        return self._data.view(self.dtype)
+
+    def document_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first token, token count) of every document, int64 ``[num_documents]`` each."""
+        seq_end = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=seq_end[1:])
+        bounds = seq_end[self.document_indices]
+        return bounds[:-1], np.diff(bounds)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -128,14 +146,14 @@ class IndexedTokens:
 
     @property
     def num_tokens(self) -> int:
-        return int(self.lengths.sum())
+        return int(self.lengths.sum(dtype=np.int64))
 
     def _span(self, first: int, last: int) -> np.ndarray:
         """Tokens of sequences ``first .. last-1`` (contiguous in .bin)."""
         if first >= last:
             return np.zeros(0, dtype=self.dtype)
         start = int(self.pointers[first])
-        count = int(self.lengths[first:last].sum())
+        count = int(self.lengths[first:last].sum(dtype=np.int64))
         return self._data[start : start + count * self.dtype.itemsize].view(self.dtype)
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -156,8 +174,8 @@ class IndexedTokens:
     def flat(self) -> tuple[np.ndarray, np.ndarray]:
         """(all tokens int32 [T], document token offsets int64 [num_documents + 1])."""
         tokens = self._span(0, len(self)).astype(np.int32)
-        seq_end = np.concatenate([[0], np.cumsum(self.lengths)])
-        return tokens, seq_end[self.document_indices].astype(np.int64)
+        starts, lengths = self.document_spans()
+        return tokens, np.append(starts, starts[-1] + lengths[-1] if len(lengths) else 0).astype(np.int64)
 
 
 def _is_sentence_list(doc: Any) -> bool:

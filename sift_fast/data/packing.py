@@ -1,4 +1,8 @@
-"""BERT "full-sentences" packing of tokenized documents into fixed-length rows."""
+"""BERT "full-sentences" packing of tokenized documents into fixed-length rows, in memory.
+
+The reference of the packing rule: training reads the same rows lazily through
+:mod:`sift_fast.data.samples` (tests/test_samples.py checks they are bitwise these).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from sift_fast.errors import ConfigError
-
-try:  # optional C++ extension (csrc/pack.cpp); the numpy path below gives identical output
-    from sift_fast import _C
-except ImportError:  # not built (no compiler, SIFT_FAST_NO_EXT=1)
-    _C = None
-
-HAVE_EXT = _C is not None
 
 
 def concat_documents(docs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +37,6 @@ def pack_sequences(
 
     Token stream = doc1 [SEP] doc2 [SEP] ... (empty documents are skipped), cut into chunks of
     ``seq_len - 2`` tokens; each row is [CLS] chunk [SEP], the last row right-padded with ``pad_id``.
-    Uses the C++ extension when built, otherwise vectorized numpy (same result).
     """
     tokens, offsets = concat_documents(docs)
     return pack_flat(tokens, offsets, seq_len, cls_id, sep_id, pad_id)
@@ -53,22 +49,12 @@ def pack_flat(
     cls_id: int,
     sep_id: int,
     pad_id: int,
-    *,
-    use_ext: bool | None = None,
 ) -> np.ndarray:
-    """:func:`pack_sequences` on concatenated documents; ``use_ext`` forces (True) or avoids (False) C++."""
+    """:func:`pack_sequences` on concatenated documents (vectorized numpy)."""
     if seq_len < 3:
         raise ConfigError(f"seq_len must be >= 3 (room for [CLS], a token and [SEP]), got {seq_len}")
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
     offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    if use_ext is None:
-        use_ext = HAVE_EXT
-    if use_ext:
-        if _C is None:
-            raise RuntimeError("sift_fast._C is not built")
-        out = np.empty((packed_rows(offsets, seq_len), seq_len), dtype=np.int32)
-        _C.pack_into(tokens, offsets, out, seq_len, cls_id, sep_id, pad_id)
-        return out
     return _pack_numpy(tokens, offsets, seq_len, cls_id, sep_id, pad_id)
 
 

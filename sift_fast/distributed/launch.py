@@ -187,7 +187,7 @@ def build_trainer(cfg: Config, args: argparse.Namespace | None = None, *, ds_con
     set_collective_timeout(timeout)  # after DeepSpeed created its groups
     if cfg.sift.selection_scope == "global" and world > 1:
         trainer.select_fn = GlobalSelection(rank, world, device, data.vocab.pad_id, cfg.train.seed,
-                                            step_fn=lambda: trainer.step)
+                                            step_fn=lambda: trainer.step, build=trainer.loader.build)
     return trainer
 
 

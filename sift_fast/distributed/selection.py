@@ -1,20 +1,22 @@
 """Data-parallel candidates and selection: a sharded candidate stream and global top-k across ranks.
 
-Sharding: every rank draws the same *global* candidate batch of ``W x C`` sequences from one
-:class:`CandidateLoader` (same seed everywhere; masking is per (seed, epoch, sample id)) and keeps
-rows ``[r C, (r+1) C)``. A single process with ``candidates = W x C`` therefore sees exactly the
-union of the ranks' candidates, in rank order.
+Sharding: the global candidate batch of a step is ``W x C`` consecutive entries of the epoch
+permutation (same seed everywhere); rank ``r`` builds only its own entries ``[r C, (r+1) C)``
+(:class:`~sift_fast.data.loader.CandidateLoader` with ``rank``/``world_size``): host work per rank
+is O(C). Masking is a pure function of (seed, epoch, sample id), so a single process with
+``candidates = W x C`` sees exactly the union of the ranks' candidates, in rank order, and any rank
+rebuilds any candidate from its id.
 
 Selection scopes (``--selection-scope``):
 
 * ``local``  — each rank keeps the top ``k = round(keep x C)`` of its own ``C`` (no communication).
-* ``global`` — the ranks all-gather their candidate scores and candidate tokens in one message
-  (ids, labels, sample id, score bits: ``[C, 2S+2]`` int32), every rank computes the same global top ``W x k``
-  of the ``W x C`` candidates, sorted by global index, and rank ``r`` takes entries
-  ``[r k, (r+1) k)``: each rank backprops the same static count, and because shares are contiguous in
-  global index order a rank's share is mostly its own candidates. Uniform plans (selection
-  ``random``, warmup and interrupt steps) draw ``W x k`` of ``W x C`` with a generator seeded by
-  (seed, step), identical on every rank and exact on resume.
+* ``global`` — the ranks all-gather (sample id, score) pairs, ``[C, 2]`` int32 per rank (8 bytes a
+  candidate; scores travel as their fp32 bits), never tokens. Every rank computes the same global
+  top ``W x k`` of the ``W x C`` candidates (ties to the lower global index ``r C + j``), then
+  :func:`assign_kept` gives each rank exactly ``k`` of them, its own first; a rank rebuilds the
+  kept candidates it received from their ids. Uniform plans (selection ``random``, warmup and
+  interrupt steps) draw ``W x k`` of ``W x C`` with a generator seeded by (seed, step), identical on
+  every rank and exact on resume.
 """
 
 from __future__ import annotations
@@ -30,37 +32,18 @@ from sift_fast.errors import ConfigError
 from sift_fast.ops import select_topk
 from sift_fast.selection import Plan
 
+MESSAGE_BYTES_PER_CANDIDATE = 8  # int32 sample id + fp32 score bits
 
-class ShardedCandidateLoader:
+
+class ShardedCandidateLoader(CandidateLoader):
     """Rank ``rank``'s slice of a global candidate stream of ``world_size x batch_size`` sequences.
 
-    Same constructor shape as :class:`CandidateLoader` plus ``rank``/``world_size``; its state (the
-    global stream position) is identical on every rank.
+    Builds only its own ``batch_size`` candidates per step; its state (the global stream position) is
+    identical on every rank, and a resume must keep ``world_size x batch_size``.
     """
 
-    def __init__(self, train: np.ndarray, batch_size: int, masker, pad_id: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
-        self.inner = CandidateLoader(train, batch_size * world_size, masker, pad_id, seed=seed)
-        self.batch_size, self.rank, self.world_size = int(batch_size), int(rank), int(world_size)
-        self.rows = np.arange(rank * batch_size, (rank + 1) * batch_size)
-
-    @property
-    def epoch(self) -> int:
-        return self.inner.epoch
-
-    @property
-    def position(self) -> int:
-        return self.inner.position
-
-    def next_batch(self) -> Batch:
-        return self.inner.next_batch().select(self.rows)
-
-    def __iter__(self):
-        while True:
-            yield self.next_batch()
-
     def state_dict(self) -> dict:
-        return {**self.inner.state_dict(), "global_batch": self.batch_size * self.world_size}
+        return {**super().state_dict(), "global_batch": self.batch_size * self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("global_batch", self.batch_size * self.world_size)
@@ -70,7 +53,7 @@ class ShardedCandidateLoader:
                 f"{self.world_size} ranks x {self.batch_size} = {self.batch_size * self.world_size}: resume needs "
                 "the same world size x candidates"
             )
-        self.inner.load_state_dict(state)
+        super().load_state_dict(state)
 
 
 def sharded_loader_factory(rank: int, world_size: int) -> Callable[..., ShardedCandidateLoader]:
@@ -82,10 +65,25 @@ def sharded_loader_factory(rank: int, world_size: int) -> Callable[..., ShardedC
     return factory
 
 
-def global_topk_share(scores: torch.Tensor, k: int, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s share of the global top ``world_size x k`` of all-gathered ``scores`` (ascending)."""
-    top = select_topk(scores, k * world_size).sort().values
-    return top[rank * k : (rank + 1) * k]
+def assign_kept(top: torch.Tensor | np.ndarray, k: int, world_size: int, candidates: int) -> list[np.ndarray]:
+    """Split the ``W x k`` kept global indices ``top`` into ``W`` ascending shares of exactly ``k``.
+
+    Rank ``r`` keeps its own kept candidates (global indices ``[r C, (r+1) C)``), the lowest ``k`` of
+    them; the surplus of every rank, in global index order, fills the ranks short of ``k`` in rank
+    order. Only surplus candidates change rank, and every rank computes the same split.
+    """
+    top = np.sort(np.asarray(top, dtype=np.int64).reshape(-1))
+    if len(top) != k * world_size:
+        raise ValueError(f"{len(top)} kept candidates for {world_size} ranks x {k}")
+    owner = top // candidates
+    counts = np.bincount(owner, minlength=world_size)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank_within = np.arange(len(top)) - first[owner]
+    keep = rank_within < k
+    pool = top[~keep]  # surplus, in global index order
+    deficit = np.maximum(k - counts, 0)
+    take = np.concatenate([[0], np.cumsum(deficit)])
+    return [np.concatenate([top[keep & (owner == r)], pool[take[r] : take[r + 1]]]) for r in range(world_size)]
 
 
 def local_topk_union(scores: torch.Tensor, k: int, world_size: int) -> torch.Tensor:
@@ -100,36 +98,48 @@ def uniform_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(step) * 7919 + 0x51F7) % (2**63 - 1))
 
 
-def pack(batch: Batch, scores: torch.Tensor | None) -> torch.Tensor:
-    """One int32 ``[C, 2S+2]`` message: ids, labels, sample id and the fp32 score's bits (0 without scores)."""
-    sc = torch.zeros(batch.size) if scores is None else scores.detach().float().cpu()
-    return torch.cat([batch.input_ids.to(torch.int32), batch.labels.to(torch.int32),
-                      batch.sample_ids.to(torch.int32)[:, None], sc.contiguous().view(torch.int32)[:, None]], dim=1)
+def pack(sample_ids: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
+    """One int32 ``[C, 2]`` message: sample id and the fp32 score's bits (0 without scores)."""
+    ids = sample_ids.to(torch.int64)
+    if len(ids) and int(ids.max()) >= 2**31:
+        raise ConfigError("global selection sends int32 sample ids: the corpus has more than 2**31 samples")
+    sc = torch.zeros(len(ids)) if scores is None else scores.detach().float().cpu()
+    return torch.stack([ids.to(torch.int32), sc.contiguous().view(torch.int32)], dim=1)
 
 
-def unpack(gathered: torch.Tensor, seq_len: int, pad_id: int, epoch: int) -> tuple[Batch, torch.Tensor]:
-    """The global batch and scores from the all-gathered :func:`pack` messages (rank order)."""
+def unpack(gathered: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(sample ids int64 [W C], scores fp32 [W C]) of the all-gathered :func:`pack` messages (rank order)."""
     g = gathered.cpu()
-    s = seq_len
-    scores = g[:, 2 * s + 1].contiguous().view(torch.float32)
-    g = g[:, : 2 * s + 1].to(torch.int64)
-    return make_batch(g[:, :s].numpy(), g[:, s : 2 * s].numpy(), g[:, 2 * s].numpy(), pad_id, epoch), scores
+    return g[:, 0].to(torch.int64).numpy(), g[:, 1].contiguous().view(torch.float32)
+
+
+def concat_batches(a: Batch, b: Batch | None, pad_id: int) -> Batch:
+    """Rows of ``a`` then rows of ``b`` (same epoch) as one batch."""
+    if b is None or b.size == 0:
+        return a
+    cat = lambda name: torch.cat([getattr(a, name), getattr(b, name)]).numpy()
+    return make_batch(cat("input_ids"), cat("labels"), cat("sample_ids"), pad_id, a.epoch)
 
 
 class GlobalSelection:
     """``select_fn`` for ``Trainer``/``sift_step``: global top-k over the candidates of all ranks.
 
-    One all-gather per step of :func:`pack` messages (scores and tokens together: one collective's
-    latency). Returns ``(kept, global_batch, global_scores)``: ``kept`` indexes the gathered batch.
-    ``step_fn`` returns the current step (for the uniform draw); ``device`` carries the collective
-    (NCCL needs CUDA tensors).
+    One all-gather per step of (sample id, score) pairs. Returns ``(kept, source, scores)``:
+    ``source`` = this rank's ``C`` candidates followed by the ``m`` kept candidates it received
+    (rebuilt from their ids by ``build(ids, epoch)``, the loader's :meth:`CandidateLoader.build`),
+    ``kept`` = its ``k`` rows of ``source`` (own kept rows ascending, then ``C .. C+m-1``), so
+    ``source.select(kept)`` is the batch to backprop. ``scores`` (mode ``score``; ``None`` for a uniform
+    plan) holds every gathered score, those of ``source``'s rows first: ``scores[kept]`` are the kept
+    rows' scores and their mean over all entries is the global candidates' mean. ``step_fn`` returns
+    the current step (for the uniform draw); ``device`` carries the collective (NCCL needs CUDA tensors).
     """
 
     def __init__(self, rank: int, world_size: int, device: torch.device, pad_id: int, seed: int,
-                 step_fn: Callable[[], int]) -> None:
+                 step_fn: Callable[[], int], build: Callable[[np.ndarray, int], Batch]) -> None:
         self.rank, self.world_size, self.device = rank, world_size, device
-        self.pad_id, self.seed, self.step_fn = pad_id, seed, step_fn
+        self.pad_id, self.seed, self.step_fn, self.build = pad_id, seed, step_fn, build
         self.last_bytes = 0  # what this rank contributed to the last step's all-gather
+        self.last_received = 0  # kept candidates rebuilt from other ranks at the last step
 
     def _all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
@@ -140,20 +150,29 @@ class GlobalSelection:
         return torch.cat(out).cpu()
 
     def __call__(self, plan: Plan, batch: Batch, scores: torch.Tensor | None):
-        self.last_bytes = 0
+        self.last_bytes = self.last_received = 0
         if plan.mode == "all":
             return torch.arange(batch.size)
         if plan.mode == "score" and scores is None:
             raise ValueError("mode 'score' needs scores")
-        msg = pack(batch, scores if plan.mode == "score" else None)
+        msg = pack(batch.sample_ids, scores if plan.mode == "score" else None)
         self.last_bytes = msg.numel() * msg.element_size()
-        global_batch, all_scores = unpack(self._all_gather(msg), batch.input_ids.shape[1], self.pad_id, batch.epoch)
-        k, w = plan.keep_count, self.world_size
+        ids, all_scores = unpack(self._all_gather(msg))
+        k, w, c = plan.keep_count, self.world_size, batch.size
         if plan.mode == "score":
-            kept = global_topk_share(all_scores, k, self.rank, w)
+            top = select_topk(all_scores, k * w)
         else:
-            all_scores = None
-            gen = uniform_generator(self.seed, self.step_fn())
-            top = torch.randperm(batch.size * w, generator=gen)[: k * w].sort().values
-            kept = top[self.rank * k : (self.rank + 1) * k]
-        return kept, global_batch, all_scores
+            top = torch.randperm(c * w, generator=uniform_generator(self.seed, self.step_fn()))[: k * w]
+        share = assign_kept(top, k, w, c)[self.rank]
+        own = share // c == self.rank
+        foreign = share[~own]
+        self.last_received = len(foreign)
+        received = self.build(ids[foreign], batch.epoch) if len(foreign) else None
+        source = concat_batches(batch, received, self.pad_id)
+        kept = torch.from_numpy(np.concatenate([share[own] - self.rank * c, c + np.arange(len(foreign))]))
+        if plan.mode != "score":
+            return kept, source, None
+        mine = np.arange(self.rank * c, (self.rank + 1) * c)
+        rest = np.setdiff1d(np.arange(c * w), np.concatenate([mine, foreign]), assume_unique=True)
+        order = torch.from_numpy(np.concatenate([mine, foreign, rest]))
+        return kept, source, all_scores[order]

@@ -37,12 +37,12 @@ def seed_everything(seed: int) -> None:
 @dataclass
 class DataBundle:
     vocab: object  # sift_fast.data.Vocab
-    train: np.ndarray  # int32 [N, S]
+    train: np.ndarray  # int32 [N, S] rows: an array, or lazy samples (sift_fast.data.samples / blend)
     valid: np.ndarray  # int32 [Nv, S]
 
 
 def build_data(cfg: Config) -> DataBundle:
-    """Tokenizer (loaded or trained on the corpus, cached) and the packed train/valid arrays (cached)."""
+    """Tokenizer (loaded or trained on the corpus, cached), lazy packed train rows and validation rows (cached)."""
     from sift_fast.data import build_corpus, load_tokenizer, read_documents
 
     d = cfg.data

@@ -46,6 +46,7 @@ class Trainer:
                  device: torch.device | None = None, console: Console | None = None,
                  loader_factory: Callable[..., Any] | None = None) -> None:
         from sift_fast.data import CandidateLoader, MLMMasker, validation_batches
+        from sift_fast.data.prefetch import maybe_prefetch
         from sift_fast.models.hf import build_model
 
         self.cfg = cfg
@@ -63,6 +64,7 @@ class Trainer:
                            seed=cfg.train.seed)
         self.loader = (loader_factory or CandidateLoader)(self.data.train, cfg.sift.candidates, masker, vocab.pad_id,
                                                           seed=cfg.train.seed)
+        self.loader = maybe_prefetch(self.loader, cfg.data.prefetch, self.device.type)  # batches built ahead
         eval_masker = MLMMasker(vocab.vocab_size, vocab.mask_id, vocab.special_ids, mask_prob=cfg.data.mask_prob,
                                 seed=12345)
         self.val_batches = validation_batches(self.data.valid, cfg.train.eval_batch_size, eval_masker, vocab.pad_id)
