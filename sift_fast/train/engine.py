@@ -57,8 +57,8 @@ class TorchEngine:
 
     def forward(self, batch, row_weight: torch.Tensor | None = None) -> MLMOutput:
         with self.autocast():
-            return self.module(batch.input_ids, batch.model_attention_mask, batch.masked_index, batch.masked_targets,
-                               row_weight)
+            args = (batch.input_ids, batch.model_attention_mask, batch.masked_index, batch.masked_targets)
+            return self.module(*args) if row_weight is None else self.module(*args, row_weight=row_weight)
 
     def grad_sq_norm(self) -> torch.Tensor:
         """Squared norm of the accumulated gradient (device scalar, no sync): the noise-scale probe."""
