@@ -48,7 +48,7 @@ from sift_fast.kernels.exit_scorer import (  # noqa: E402
 from sift_fast.kernels.topk import topk_indices, topk_torch  # noqa: E402
 
 from sift_fast import ops  # noqa: E402
-from sift_fast.train.metrics import atomic_write_text  # noqa: E402
+from sift_fast.io import atomic_write_text  # noqa: E402
 
 IGN = -100
 V_BERT = 30522

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from sift_fast.cli.arms import arm_overrides  # noqa: E402
 from sift_fast.config import Config, build_config  # noqa: E402
-from sift_fast.train.metrics import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
+from sift_fast.io import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 CORPORA = {"wiki": "bundled", "linux-docs": str(ROOT.parent / "shared" / "data" / "linux-docs-prose.txt")}
 HARNESS_ARMS = ("baseline", "entropy", "loss", "random", "random-free", "sb", "anneal", "auto")

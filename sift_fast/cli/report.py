@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sift_fast.train.metrics import atomic_savefig
+from sift_fast.io import atomic_savefig
 
 
 def _targets(report: dict[str, Any]) -> list[str]:

@@ -17,13 +17,14 @@ import torch
 
 from sift_fast.config import Config
 from sift_fast.errors import ConfigError
+from sift_fast.io import atomic_write_json
 from sift_fast.selection import Selector
 from sift_fast.telemetry import NvmlSampler, ProfileWindow, StepTimer, memory_stats, parse_profile_steps
 from sift_fast.train.builder import DataBundle, build_data, resolve_device, seed_everything
 from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
-from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, atomic_write_json, format_step_line
+from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, format_step_line
 from sift_fast.train.overlap import build_overlap, resolve_pending, resolve_scores
 from sift_fast.train.step import StepResult, compute_scores, sift_step, wants_scores
 
