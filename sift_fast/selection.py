@@ -13,6 +13,7 @@ gradient, and a fixed order makes ``keep = 1.0`` bit-identical to the baseline.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,30 @@ class Plan:
     keep_count: int
 
 
+@dataclass
+class Selection:
+    """What a step backpropagates: ``batch.select(kept)``.
+
+    ``batch`` is the step's host candidate batch, or, under global selection, the gathered batch of
+    all ranks (``kept`` then indexes it); ``scores`` are that batch's candidate scores when the step
+    scored. ``weights`` (per kept sequence, optional) reweight the loss of a sampled selection; None
+    is the plain mean over the kept masked tokens, the only form the training forward takes today.
+    """
+
+    kept: torch.Tensor  # ascending candidate indices into ``batch`` (host)
+    batch: Any
+    scores: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __iter__(self):
+        """Unpacks as ``kept, batch, scores`` (the tuple global selection returned before this class)."""
+        return iter((self.kept, self.batch, self.scores))
+
+
+# ``select_fn(plan, host_batch, scores) -> Selection`` replaces the local selection (global selection across ranks)
+SelectFn = Callable[[Plan, Any, "torch.Tensor | None"], Selection]
+
+
 class Selector:
     """Seeded selection policy with a warmup / anneal / interrupt schedule; its state is checkpointed."""
 
@@ -40,8 +65,8 @@ class Selector:
         """Backprop batch size at ``step`` (annealed linearly to all candidates when configured)."""
         cfg, c = self.cfg, self.cfg.candidates
         base = cfg.backprop_size
-        if cfg.anneal_until and step >= cfg.warmup_steps:
-            frac = min(1.0, (step - cfg.warmup_steps) / (cfg.anneal_until - cfg.warmup_steps))
+        if cfg.anneal_until and step >= cfg.selection_warmup_steps:
+            frac = min(1.0, (step - cfg.selection_warmup_steps) / (cfg.anneal_until - cfg.selection_warmup_steps))
             return min(c, round(base + frac * (c - base)))
         return base
 
@@ -52,7 +77,7 @@ class Selector:
             return Plan("all", cfg.candidates)
         if (
             cfg.selection == "random"
-            or step < cfg.warmup_steps
+            or step < cfg.selection_warmup_steps
             or (cfg.interrupt_every and step % cfg.interrupt_every == cfg.interrupt_every - 1)
         ):
             return Plan("uniform", k)
@@ -72,6 +97,10 @@ class Selector:
         if scores is None:
             raise ValueError("mode 'score' needs scores")
         return select_topk(scores, plan.keep_count).sort().values
+
+    def selection(self, plan: Plan, batch: Any, scores: torch.Tensor | None = None) -> Selection:
+        """The local :class:`Selection` of ``batch`` (its scores are used for mode ``score`` only)."""
+        return Selection(self.select(plan, batch.size, scores if plan.mode == "score" else None), batch, scores)
 
     def score_subset(self, masked_seq: torch.Tensor, max_per_seq: int) -> torch.Tensor:
         """Positions (into the masked list) to score: at most ``max_per_seq`` per sequence, seeded.

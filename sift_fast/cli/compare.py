@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sift_fast.cli.args import OneLineParser, add_config_flags, config_from_args, run_cli
-from sift_fast.cli.arms import arm_overrides
+from sift_fast.cli.arms import ARMS, arm_overrides
 from sift_fast.cli.report import render_markdown, render_plot, render_table
 from sift_fast.io import atomic_write_json, atomic_write_text
 
@@ -28,7 +28,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="sift-compare", description=__doc__)
     add_config_flags(parser)
     parser.add_argument("--arms", default="baseline,entropy",
-                        help="comma-separated arms: baseline, entropy, loss, random, sb, anneal, auto")
+                        help=f"comma-separated arms: {', '.join(ARMS)}")
     return parser
 
 

@@ -34,11 +34,11 @@ import torch
 from torch import nn
 
 from sift_fast.config import Config
-from sift_fast.distributed.ds_config import zero_stage
 from sift_fast.errors import ConfigError
 from sift_fast.io import atomic_torch_save, atomic_write_text
 from sift_fast.models.hf import MLMEncoder, MLMOutput
 from sift_fast.train.checkpoint import load_checkpoint
+from sift_fast.train.engine import zero_stage
 from sift_fast.train.optim import build_optimizer, build_scheduler, param_groups
 
 _TAG_PREFIX = "step_"

@@ -28,7 +28,7 @@ from sift_fast.data import CandidateLoader
 from sift_fast.data.batch import Batch, make_batch
 from sift_fast.errors import ConfigError
 from sift_fast.ops import select_topk
-from sift_fast.selection import Plan
+from sift_fast.selection import Plan, Selection
 
 
 class ShardedCandidateLoader:
@@ -120,7 +120,7 @@ class GlobalSelection:
     """``select_fn`` for ``Trainer``/``sift_step``: global top-k over the candidates of all ranks.
 
     One all-gather per step of :func:`pack` messages (scores and tokens together: one collective's
-    latency). Returns ``(kept, global_batch, global_scores)``: ``kept`` indexes the gathered batch.
+    latency). Returns a :class:`~sift_fast.selection.Selection` whose ``kept`` indexes the gathered batch.
     ``step_fn`` returns the current step (for the uniform draw); ``device`` carries the collective
     (NCCL needs CUDA tensors).
     """
@@ -139,10 +139,10 @@ class GlobalSelection:
         dist.all_gather(out, t)
         return torch.cat(out).cpu()
 
-    def __call__(self, plan: Plan, batch: Batch, scores: torch.Tensor | None):
+    def __call__(self, plan: Plan, batch: Batch, scores: torch.Tensor | None) -> Selection:
         self.last_bytes = 0
         if plan.mode == "all":
-            return torch.arange(batch.size)
+            return Selection(torch.arange(batch.size), batch, scores)
         if plan.mode == "score" and scores is None:
             raise ValueError("mode 'score' needs scores")
         msg = pack(batch, scores if plan.mode == "score" else None)
@@ -156,4 +156,4 @@ class GlobalSelection:
             gen = uniform_generator(self.seed, self.step_fn())
             top = torch.randperm(batch.size * w, generator=gen)[: k * w].sort().values
             kept = top[self.rank * k : (self.rank + 1) * k]
-        return kept, global_batch, all_scores
+        return Selection(kept, global_batch, all_scores)
