@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from sift_fast.reference import check_criterion as _criterion_flag
+from sift_fast.reference import check_forward_only
 from sift_fast.reference import exit_scores_ref as exit_scorer_ref  # the pure-PyTorch reference (fp32, chunked)
 
 from ._jit import LazyKernel, autotune_enabled, interpreting, lazy_jit, triton_configs
@@ -214,14 +215,6 @@ def _finalize_kernel(part_ptr, splits_ptr, tgt_ptr, offs_ptr, out_ptr, row_loss_
 # --------------------------------------------------------------------------------------------- launchers
 
 
-def _check_forward_only(*tensors: torch.Tensor | None) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            "exit_scorer is forward-only (the scoring pass needs no gradients); "
-            "call it under torch.no_grad() or pass detached tensors"
-        )
-
-
 def _prep_weights(
     dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None, hidden_size: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -323,7 +316,7 @@ def exit_scorer(
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)} / "
                          f"{tuple(labels.shape)}")
-    _check_forward_only(hidden, weight, bias)
+    check_forward_only("exit_scorer", hidden, weight, bias)
     _check_device(hidden, weight, bias, labels)
     B, S, H = hidden.shape
     w, b = _prep_weights(hidden.dtype, weight, bias, H)
@@ -371,7 +364,7 @@ def exit_scorer_rows(
     _check_rows(rows, targets)
     if seq_ids.shape != targets.shape:
         raise ValueError(f"seq_ids must be [N], got {tuple(seq_ids.shape)}")
-    _check_forward_only(rows, weight, bias)
+    check_forward_only("exit_scorer", rows, weight, bias)
     _check_device(rows, weight, bias, targets, seq_ids)
     n, H = rows.shape
     w, b = _prep_weights(rows.dtype, weight, bias, H)
@@ -406,7 +399,7 @@ def exit_token_stats(
     Rows whose target is ``ignore_index`` get loss 0 (their entropy is still computed). Forward only.
     """
     _check_rows(rows, targets)
-    _check_forward_only(rows, weight, bias)
+    check_forward_only("exit_scorer", rows, weight, bias)
     _check_device(rows, weight, bias, targets)
     n, H = rows.shape
     w, b = _prep_weights(rows.dtype, weight, bias, H)

@@ -3,7 +3,8 @@
 Every writer in the project goes through :func:`atomic_path` (or :func:`atomic_open` on top of it), so a
 crash or a failed write never leaves a half-written file, a failed write never leaves its temp file
 behind, and the new file gets the usual permissions (``0666 & ~umask``, not ``mkstemp``'s ``0600``).
-Nothing here imports the trainer: data, CLI and bench code use it directly.
+Nothing here imports the trainer: data, CLI and bench code use it directly. :func:`read_utf8` is the one
+checked text reader (corpora, vocab and tokenizer files): a bad file is one ``DataError`` line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from sift_fast.errors import DataError
 
 
 def _umask() -> int:
@@ -111,3 +114,18 @@ def atomic_copy(src: str | Path, dest: str | Path) -> None:
 
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
+
+
+def read_utf8(path: str | Path, what: str, expected: str = "text") -> str:
+    """The UTF-8 text of ``path`` (a ``what``: corpus, vocab file); a ``DataError`` if unreadable, binary, not UTF-8."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if b"\x00" in raw:
+        raise DataError(f"{what} {path} is a binary file, not {expected}")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {exc.start})") from None

@@ -23,7 +23,15 @@ from typing import Literal
 import torch
 
 from sift_fast.errors import ConfigError
-from sift_fast.reference import CRITERIA, DEFAULT_CHUNK_ROWS, check_criterion, check_topk, segment_mean, topk_ref
+from sift_fast.reference import (
+    CRITERIA,
+    DEFAULT_CHUNK_ROWS,
+    check_criterion,
+    check_forward_only,
+    check_topk,
+    segment_mean,
+    topk_ref,
+)
 from sift_fast.reference import token_stats as token_stats_torch
 
 Criterion = Literal["loss", "entropy"]
@@ -54,14 +62,6 @@ def _triton_available() -> bool:
     return True
 
 
-def _no_grad_check(*tensors: torch.Tensor | None) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            "exit_scores is forward-only (the scoring pass needs no gradients); "
-            "call it under torch.no_grad() or pass detached tensors"
-        )
-
-
 def exit_scores_rows(
     rows: torch.Tensor,
     weight: torch.Tensor,
@@ -83,7 +83,7 @@ def exit_scores_rows(
     ids (the trainer's masked rows are), which lets the Triton backend skip a device sort.
     """
     check_criterion(criterion)
-    _no_grad_check(rows, weight, bias)
+    check_forward_only("exit_scores", rows, weight, bias)
     if rows.shape[0] == 0:
         return torch.full((num_seqs,), float("-inf"), dtype=torch.float32, device=rows.device)
     if resolve_backend(backend, rows.device) == "triton":
@@ -122,7 +122,7 @@ def exit_scores(
         raise ValueError(
             f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)} / {tuple(labels.shape)}"
         )
-    _no_grad_check(hidden, decoder_weight, decoder_bias)
+    check_forward_only("exit_scores", hidden, decoder_weight, decoder_bias)
     bsz, seq = labels.shape
     if resolve_backend(backend, hidden.device) == "triton":
         from sift_fast.kernels.exit_scorer import exit_scorer

@@ -31,6 +31,15 @@ def check_criterion(criterion: str) -> bool:
     return criterion == "entropy"
 
 
+def check_forward_only(op: str, *tensors: torch.Tensor | None) -> None:
+    """Raise ``RuntimeError`` when ``op`` would run with autograd recording (the scoring pass needs no gradients)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"{op} is forward-only (the scoring pass needs no gradients); "
+            "call it under torch.no_grad() or pass detached tensors"
+        )
+
+
 def check_topk(scores: torch.Tensor, k: int) -> int:
     """Raise ``ValueError`` unless ``scores`` is 1-D and ``1 <= k <= len(scores)``; returns the length."""
     if scores.dim() != 1:
