@@ -75,7 +75,7 @@ def worker(args) -> None:
             "max_steps": args.steps, "log_every": args.steps, "eval_every": 10**6, "num_threads": args.threads,
             "max_valid_sequences": 32, "eval_batch_size": 32, "lr_warmup_steps": 0, "cache_dir": args.cache_dir}
     if args.data:
-        base["data"] = args.data
+        base["corpus"] = args.data
     data = build_data_once(build_config(base))
     _, world, _ = init_distributed(120.0)
     rows = []

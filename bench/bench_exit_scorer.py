@@ -48,7 +48,8 @@ from sift_fast.kernels.exit_scorer import (  # noqa: E402
 from sift_fast.kernels.topk import topk_indices, topk_torch  # noqa: E402
 
 from sift_fast import ops  # noqa: E402
-from sift_fast.train.metrics import atomic_write_text  # noqa: E402
+from sift_fast.io import atomic_write_text  # noqa: E402
+from sift_fast.reference import segment_mean, token_stats  # noqa: E402
 
 IGN = -100
 V_BERT = 30522
@@ -74,23 +75,9 @@ def pkg_version(name: str) -> str:
 
 
 def ref64_rows(rows, weight, bias, tgt, sid, nseq, criterion, chunk=512):
-    """fp64 brute force on the (hidden-dtype) inputs: full logits in float64, chunk by chunk."""
-    w = weight.to(rows.dtype).double()
-    b = None if bias is None else bias.to(rows.dtype).double()
-    vals = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
-    for i in range(0, rows.shape[0], chunk):
-        logp = torch.log_softmax(torch.nn.functional.linear(rows[i : i + chunk].double(), w, b), -1)
-        if criterion == "loss":
-            t = tgt[i : i + chunk]
-            v = -logp.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
-        else:
-            v = -(logp.exp() * logp).sum(-1)
-        vals[i : i + chunk] = v
-    valid = tgt != IGN
-    vals = torch.where(valid, vals, 0.0)
-    sums = torch.zeros(nseq, dtype=torch.float64, device=rows.device).index_add_(0, sid, vals)
-    cnt = torch.zeros(nseq, dtype=torch.float64, device=rows.device).index_add_(0, sid, valid.double())
-    return torch.where(cnt > 0, sums / cnt.clamp(min=1), float("-inf"))
+    """fp64 brute force on the (hidden-dtype) inputs: ``sift_fast.reference`` at fp64, chunk by chunk."""
+    loss, ent = token_stats(rows, weight, bias, tgt, chunk_rows=chunk, ignore_index=IGN, compute_dtype=torch.float64)
+    return segment_mean(loss if criterion == "loss" else ent, sid, tgt != IGN, nseq)
 
 
 def max_err(out: torch.Tensor, ref: torch.Tensor) -> float:

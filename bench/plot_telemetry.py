@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
-from sift_fast.train.metrics import atomic_savefig
+from sift_fast.io import atomic_savefig, atomic_write_text
 
 
 def load(run: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -120,9 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python bench/plot_telemetry.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = f"# Selection telemetry\n\n`{cmd}`\n\nMeans over measurements after step {args.skip}.\n\n{md}"
     md_path = args.out.with_name(args.out.name.removesuffix(".png") + ".md")
-    tmp = md_path.with_name(f".{md_path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, md_path)
+    atomic_write_text(md_path, text)
     print(text)
     return 0
 

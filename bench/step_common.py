@@ -20,7 +20,7 @@ import torch
 from sift_fast.config import PRESETS, ModelConfig
 from sift_fast.data import MLMMasker
 from sift_fast.data.batch import Batch, make_batch
-from sift_fast.train.metrics import atomic_write_text
+from sift_fast.io import atomic_write_text
 
 # bert-base-uncased ids (the bundled vocab both shapes use)
 VOCAB_SIZE, PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 30522, 0, 100, 101, 102, 103

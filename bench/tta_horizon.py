@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from time_to_accuracy import arm_config, base_config, crossing, machine, mean_sd, read_evals, run_one  # noqa: E402
 
-from sift_fast.train.metrics import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
+from sift_fast.io import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 PROSE = Path(os.environ.get("SIFT_PROSE_CORPUS", Path.home() / ".cache/sift_fast/prose/debian-docs-prose.txt"))
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -59,11 +59,7 @@ EARLY, LATE = (0.6, 0.75), (0.9, 0.97)  # accuracy targets: fractions of the bas
 
 
 def horizon_arm(base, arm: str, seed: int, out: Path, group: Path):
-    """Config of one (arm, seed) run: ``sift_fast.cli.arms`` plus the harness's paying ``random``/``anneal``."""
-    if arm in ("noise", "lr", "sample"):
-        from sift_fast.cli.arms import arm_overrides
-
-        return base.replace(**arm_overrides(arm, base), seed=seed, out=str(out))
+    """Config of one (arm, seed) run: the arms of ``sift_fast.cli.arms`` (``random`` pays for scoring)."""
     return arm_config(base, arm, seed, out, group)
 
 

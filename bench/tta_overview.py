@@ -19,7 +19,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sift_fast.train.metrics import atomic_write_json, atomic_write_text  # noqa: E402
+from sift_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 ORDER = ("entropy", "loss", "random", "random-free", "anneal", "sb", "auto")
 

@@ -29,12 +29,15 @@ first launch (``_jit.LazyKernel``), so the interpret flag is read at call time, 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+
+from sift_fast.reference import check_criterion as _criterion_flag
+from sift_fast.reference import check_forward_only
+from sift_fast.reference import exit_scores_ref as exit_scorer_ref  # the pure-PyTorch reference (fp32, chunked)
 
 from ._jit import LazyKernel, autotune_enabled, interpreting, lazy_jit, triton_configs
 from ._jit import check_device as _check_device
@@ -212,20 +215,6 @@ def _finalize_kernel(part_ptr, splits_ptr, tgt_ptr, offs_ptr, out_ptr, row_loss_
 # --------------------------------------------------------------------------------------------- launchers
 
 
-def _check_forward_only(*tensors: torch.Tensor | None) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            "exit_scorer is forward-only (the scoring pass needs no gradients); "
-            "call it under torch.no_grad() or pass detached tensors"
-        )
-
-
-def _criterion_flag(criterion: str) -> bool:
-    if criterion not in ("loss", "entropy"):
-        raise ValueError(f"unknown criterion {criterion!r}; expected 'loss' or 'entropy'")
-    return criterion == "entropy"
-
-
 def _prep_weights(
     dtype: torch.dtype, weight: torch.Tensor, bias: torch.Tensor | None, hidden_size: int
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -327,7 +316,7 @@ def exit_scorer(
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)} / "
                          f"{tuple(labels.shape)}")
-    _check_forward_only(hidden, weight, bias)
+    check_forward_only("exit_scorer", hidden, weight, bias)
     _check_device(hidden, weight, bias, labels)
     B, S, H = hidden.shape
     w, b = _prep_weights(hidden.dtype, weight, bias, H)
@@ -375,7 +364,7 @@ def exit_scorer_rows(
     _check_rows(rows, targets)
     if seq_ids.shape != targets.shape:
         raise ValueError(f"seq_ids must be [N], got {tuple(seq_ids.shape)}")
-    _check_forward_only(rows, weight, bias)
+    check_forward_only("exit_scorer", rows, weight, bias)
     _check_device(rows, weight, bias, targets, seq_ids)
     n, H = rows.shape
     w, b = _prep_weights(rows.dtype, weight, bias, H)
@@ -410,7 +399,7 @@ def exit_token_stats(
     Rows whose target is ``ignore_index`` get loss 0 (their entropy is still computed). Forward only.
     """
     _check_rows(rows, targets)
-    _check_forward_only(rows, weight, bias)
+    check_forward_only("exit_scorer", rows, weight, bias)
     _check_device(rows, weight, bias, targets)
     n, H = rows.shape
     w, b = _prep_weights(rows.dtype, weight, bias, H)
@@ -428,48 +417,3 @@ def exit_token_stats(
         offs = torch.arange(nseg + 1, device=dev, dtype=torch.int32).mul_(STATS_SEGMENT).clamp_(max=n)
         _launch_finalize(part, splits, pstride, tgt, offs, nseg, False, ignore_index, (loss, ent))
     return loss, ent
-
-
-# --------------------------------------------------------------------------------------------- reference
-
-
-def _token_stats_ref(
-    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-    ignore_index: int, chunk_rows: int = 1024,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row (loss, entropy) in fp32 from the hidden-dtype inputs, one ``[chunk, V]`` block at a time."""
-    w = weight.to(rows.dtype).float()
-    b = None if bias is None else bias.to(rows.dtype).float()
-    loss = torch.zeros(rows.shape[0], dtype=torch.float32, device=rows.device)
-    ent = torch.zeros_like(loss)
-    for i in range(0, rows.shape[0], chunk_rows):
-        logits = torch.nn.functional.linear(rows[i : i + chunk_rows].float(), w, b)
-        logp = torch.log_softmax(logits, -1)
-        ent[i : i + chunk_rows] = -(logp.exp() * logp).sum(-1)
-        t = targets[i : i + chunk_rows]
-        picked = -logp.gather(1, t.clamp(min=0).unsqueeze(1)).squeeze(1)
-        loss[i : i + chunk_rows] = torch.where(t != ignore_index, picked, torch.zeros_like(picked))
-    return loss, ent
-
-
-def exit_scorer_ref(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    criterion: str,
-    ignore_index: int = -100,
-) -> torch.Tensor:
-    """Pure-PyTorch reference of :func:`exit_scorer` (fp32 logits, chunked; syncs, not for the hot path)."""
-    entropy = _criterion_flag(criterion)
-    B, S, H = hidden.shape
-    with torch.no_grad():
-        flat = labels.reshape(-1)
-        idx = (flat != ignore_index).nonzero().squeeze(1)
-        rows = hidden.reshape(B * S, H).index_select(0, idx)
-        loss, ent = _token_stats_ref(rows, weight, bias, flat.index_select(0, idx), ignore_index)
-        vals = ent if entropy else loss
-        seq = idx // S
-        sums = torch.zeros(B, dtype=torch.float32, device=hidden.device).index_add_(0, seq, vals)
-        cnt = torch.zeros_like(sums).index_add_(0, seq, torch.ones_like(vals))
-        return torch.where(cnt > 0, sums / cnt.clamp(min=1), torch.full_like(sums, -math.inf))

@@ -12,6 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from sift_fast.reference import check_topk
+from sift_fast.reference import topk_ref as _topk_ref
+
 from ._jit import check_device as _check_device
 from ._jit import lazy_jit
 
@@ -38,11 +41,7 @@ def _topk_kernel(x_ptr, out_ptr, n, k, BLOCK: tl.constexpr):
 
 
 def _check(scores: torch.Tensor, k: int) -> int:
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
-    n = scores.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
+    n = check_topk(scores, k)
     if scores.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"scores must be fp32, fp16 or bf16, got {scores.dtype}")
     return n
@@ -77,8 +76,6 @@ def topk_indices(scores: torch.Tensor, k: int) -> torch.LongTensor:
 
 
 def topk_ref(scores: torch.Tensor, k: int) -> torch.LongTensor:
-    """Reference: a stable descending sort (NaN as -inf), first ``k`` indices."""
+    """Reference (``sift_fast.reference.topk_ref``): a stable descending sort (NaN as -inf), first ``k`` indices."""
     _check(scores, k)
-    s = scores.float()
-    s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
-    return torch.sort(s, descending=True, stable=True).indices[:k]
+    return _topk_ref(scores, k)

@@ -7,28 +7,14 @@ separators), and a copy of the bert-base-uncased vocab.
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from sift_fast.data.corpus import _WIKITEXT_MARKERS, BUNDLED_CORPUS, detokenize_wikitext
 from sift_fast.data.tokenizer import BUNDLED_VOCAB
+from sift_fast.io import atomic_copy, atomic_write_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 MAX_BYTES = 3_000_000
-
-
-def _write_atomic(dest: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def main() -> None:
@@ -45,10 +31,8 @@ def main() -> None:
     if len(data) > MAX_BYTES:
         raise SystemExit(f"bundled corpus is {len(data)} bytes, over the {MAX_BYTES} limit")
     BUNDLED_CORPUS.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(BUNDLED_CORPUS, data)
-    tmp_vocab = BUNDLED_VOCAB.with_name(".tmp-vocab.txt")
-    shutil.copyfile(args.src / "bert-base-uncased" / "vocab.txt", tmp_vocab)
-    os.replace(tmp_vocab, BUNDLED_VOCAB)
+    atomic_write_bytes(BUNDLED_CORPUS, data)
+    atomic_copy(args.src / "bert-base-uncased" / "vocab.txt", BUNDLED_VOCAB)
     print(f"wrote {BUNDLED_CORPUS} ({len(data)} bytes) and {BUNDLED_VOCAB}")
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sift_fast.train.metrics import atomic_write_json, atomic_write_text  # noqa: E402
+from sift_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 # Debian 12 documentation packages with a large share of English prose (manuals, handbooks, guides).
 PACKAGES = (

@@ -1,21 +1,25 @@
 """Typed, validated configuration: one object drives the CLI, the DeepSpeed and the Megatron entry points.
 
-Field names are unique across sections, so every field is a flag: ``keep`` is ``--keep``,
+Every field carries its type (``Literal[...]`` for a choice), its default and a one-line meaning
+(``opt(default, help)``): ``--help`` and the README table (``scripts/config_reference.py``) are generated
+from them. Field names are unique across sections, so every field is a flag: ``keep`` is ``--keep``,
 ``exit_layer`` is ``--exit-layer``. A config file (yaml or json) may be nested by section
-(``{"sift": {"keep": 0.5}}``) or flat (``{"keep": 0.5}``).
+(``{"sift": {"keep": 0.5}}``) or flat (``{"keep": 0.5}``). Renamed fields (:data:`DEPRECATED`) keep
+their old names for one release, with a one-line warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import typing
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sift_fast.errors import ConfigError
-
-SELECTIONS = ("none", "loss", "entropy", "random")
 
 
 def _choice(name: str, value: Any, choices: tuple) -> None:
@@ -28,20 +32,39 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
 
 
+def opt(default: Any, help: str) -> Any:
+    """A config field: its default and its one-line meaning (shown by ``--help`` and in the README table)."""
+    return field(default=default, metadata={"help": help})
+
+
+def literal_choices(tp: Any) -> tuple | None:
+    """The allowed values of a ``Literal[...]`` type hint (None for any other type)."""
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def _check_choices(obj: Any) -> None:
+    """Every ``Literal`` field of a config section holds one of its values."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        choices = literal_choices(hints[f.name])
+        if choices is not None:
+            _choice(f.name, getattr(obj, f.name), choices)
+
+
 @dataclass
 class ModelConfig:
-    arch: str = "bert"  # bert | roberta
-    model_class: str = "mlm"  # mlm (BertForMaskedLM) | pretraining (BertForPreTraining; MLM head only)
-    num_layers: int = 12  # encoder layers L
-    hidden_size: int = 128  # model width H
-    num_heads: int = 2  # attention heads
-    intermediate_size: int = 512  # feed-forward width
-    dropout: float = 0.0  # hidden and attention dropout (the scoring pass always runs without)
-    init_std: float = 0.02  # weight init standard deviation
+    arch: Literal["bert", "roberta"] = opt("bert", "encoder family (Hugging Face BERT or RoBERTa)")
+    model_class: Literal["mlm", "pretraining"] = opt(
+        "mlm", "mlm (BertForMaskedLM) / pretraining (BertForPreTraining; MLM head only)")
+    num_layers: int = opt(12, "encoder layers L")
+    hidden_size: int = opt(128, "model width H")
+    num_heads: int = opt(2, "attention heads")
+    intermediate_size: int = opt(512, "feed-forward width")
+    dropout: float = opt(0.0, "hidden and attention dropout (the scoring pass always runs without)")
+    init_std: float = opt(0.02, "weight init standard deviation")
 
     def __post_init__(self) -> None:
-        _choice("arch", self.arch, ("bert", "roberta"))
-        _choice("model_class", self.model_class, ("mlm", "pretraining"))
+        _check_choices(self)
         for name in ("num_layers", "hidden_size", "num_heads", "intermediate_size"):
             _positive(name, getattr(self, name))
         if self.hidden_size % self.num_heads:
@@ -52,17 +75,18 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    data: str = "bundled"  # bundled | path.txt | path.jsonl | hf:NAME[:CONFIG[:SPLIT]] | PREFIX | "W1 P1 W2 P2" blend
-    vocab: str = "train"  # train | bundled | path to vocab.txt / tokenizer.json | hub name
-    vocab_size: int = 8192  # for vocab=train
-    seq_len: int = 128  # packed sequence length S, [CLS] and [SEP] included
-    text_key: str = "text"  # field of a jsonl corpus holding the text
-    valid_fraction: float = 0.05  # share of the documents (from the end) held out for validation
-    max_valid_sequences: int = 256  # cap on the fixed-masking validation set
-    max_train_tokens: int = 0  # 0 = all
-    cache_dir: str = ""  # default: ~/.cache/sift_fast
-    mask_prob: float = 0.15  # MLM masking rate (80/10/10 mask/random/keep)
-    prefetch: int = -1  # candidate batches built ahead in a background thread; -1 = auto (2 on CUDA, else 0)
+    corpus: str = opt("bundled", "training text: bundled / path.txt / path.jsonl / hf:NAME[:CONFIG[:SPLIT]] / "
+                      "megatron:PREFIX (.bin/.idx) / a Megatron blend \"W1 PREFIX1 W2 PREFIX2\"")
+    vocab: str = opt("train", "train / bundled / path to vocab.txt or tokenizer.json / hub name")
+    vocab_size: int = opt(8192, "WordPiece vocabulary size for vocab=train")
+    seq_len: int = opt(128, "packed sequence length S, [CLS] and [SEP] included")
+    text_key: str = opt("text", "field of a jsonl corpus holding the text")
+    valid_fraction: float = opt(0.05, "share of the documents (from the end) held out for validation")
+    max_valid_sequences: int = opt(256, "cap on the fixed-masking validation set")
+    max_train_tokens: int = opt(0, "cap on the training tokens; 0 = all")
+    cache_dir: str = opt("", "tokenizer and corpus cache; empty = $SIFT_CACHE_DIR or ~/.cache/sift_fast")
+    mask_prob: float = opt(0.15, "MLM masking rate (80/10/10 mask/random/keep)")
+    prefetch: int = opt(-1, "candidate batches built ahead in a background thread; -1 = auto (2 on CUDA, else 0)")
 
     def __post_init__(self) -> None:
         if self.seq_len < 8:
@@ -80,28 +104,32 @@ class DataConfig:
 
 @dataclass
 class SiftConfig:
-    selection: str = "entropy"  # none | loss | entropy | random
-    keep: float = 0.5
-    exit_layer: int | str = 1  # 1..L, or "auto"
-    candidates: int = 32
-    score_tokens: int = 0  # score at most this many masked positions per sequence; 0 = all
-    warmup_steps: int = 0  # steps with a uniform sample (no scoring) before selection starts
-    anneal_until: int = 0  # linearly anneal keep to 1.0 by this step; 0 = off
-    interrupt_every: int = 0  # every n-th step uses a uniform sample; 0 = off
-    random_pays_scoring: bool = False  # random selection also runs (and ignores) the scoring pass
-    backend: str = "auto"  # scoring op backend: auto | triton | torch
-    selection_scope: str = "local"  # data-parallel selection: local | global
-    exit_auto_every: int = 200  # --exit-layer auto: re-pick the exit layer every N steps
-    exit_auto_overlap: float = 0.7  # ... the shallowest layer whose top-k overlap with full depth stays above this
-    selection_rule: str = "topk"  # topk (keep the highest scores) | sample (importance sampling, unbiased reweighting)
-    sample_mix: float = 0.1  # selection_rule=sample: uniform share mixed into the score-proportional distribution
-    adaptive_keep: str = "off"  # off | noise (keep follows the gradient noise scale; opt-in, see train/noise.py)
-    noise_every: int = 4  # adaptive_keep=noise: probe the gradient noise scale every N steps
-    noise_decay: float = 0.95  # ... EMA decay of the noise-scale estimates per probe
-    noise_scale: float = 2.0  # ... safety factor on the measured noise scale in the keep rule (see train/noise.py)
+    selection: Literal["none", "loss", "entropy", "random"] = opt(
+        "entropy", "what decides the kept samples: none (baseline) / loss / entropy / random (uniform)")
+    keep: float = opt(0.5, "fraction of the candidates backpropagated per step")
+    exit_layer: int | Literal["auto"] = opt(1, "scoring exit: 1..L, or auto (re-picked from selection telemetry)")
+    candidates: int = opt(32, "candidate sequences scored per step (per rank)")
+    score_tokens: int = opt(0, "score at most this many masked positions per sequence; 0 = all")
+    selection_warmup_steps: int = opt(0, "steps with a uniform sample (no scoring) before selection starts")
+    anneal_until: int = opt(0, "linearly anneal keep to 1.0 by this step; 0 = off")
+    interrupt_every: int = opt(0, "every n-th step uses a uniform sample; 0 = off")
+    random_pays_scoring: bool = opt(False, "selection random also runs (and ignores) the scoring pass")
+    backend: Literal["auto", "triton", "torch"] = opt("auto", "scoring op backend (auto: triton on CUDA)")
+    selection_scope: Literal["local", "global"] = opt("local", "data-parallel selection: per rank / across ranks")
+    exit_auto_every: int = opt(200, "--exit-layer auto: re-pick the exit layer every N steps")
+    exit_auto_overlap: float = opt(0.7, "--exit-layer auto: the shallowest layer whose top-k overlap with full "
+                                   "depth stays above this")
+    selection_rule: Literal["topk", "sample"] = opt(
+        "topk", "topk (keep the highest scores) / sample (importance sampling with unbiased loss reweighting)")
+    sample_mix: float = opt(0.1, "selection_rule=sample: uniform share mixed into the score-proportional distribution")
+    adaptive_keep: Literal["off", "noise"] = opt(
+        "off", "off / noise (keep follows the gradient noise scale; opt-in, see sift_fast/train/noise.py)")
+    noise_every: int = opt(4, "adaptive_keep=noise: probe the gradient noise scale every N steps")
+    noise_decay: float = opt(0.95, "adaptive_keep=noise: EMA decay of the noise-scale estimates per probe")
+    noise_scale: float = opt(2.0, "adaptive_keep=noise: safety factor on the measured noise scale in the keep rule")
 
     def __post_init__(self) -> None:
-        _choice("selection", self.selection, SELECTIONS)
+        _check_choices(self)
         if not 0.0 < self.keep <= 1.0:
             raise ConfigError(f"keep must be in (0, 1]; got {self.keep}")
         if isinstance(self.exit_layer, str):
@@ -115,12 +143,11 @@ class SiftConfig:
             raise ConfigError(f"exit_layer must be >= 1; got {self.exit_layer}")
         if self.candidates < 1:
             raise ConfigError(f"candidates must be >= 1; got {self.candidates}")
-        for name in ("score_tokens", "warmup_steps", "anneal_until", "interrupt_every"):
+        for name in ("score_tokens", "selection_warmup_steps", "anneal_until", "interrupt_every"):
             _positive(name, getattr(self, name), allow_zero=True)
-        if self.anneal_until and self.anneal_until <= self.warmup_steps:
-            raise ConfigError(f"anneal_until ({self.anneal_until}) must be after warmup_steps ({self.warmup_steps})")
-        _choice("backend", self.backend, ("auto", "triton", "torch"))
-        _choice("selection_scope", self.selection_scope, ("local", "global"))
+        if self.anneal_until and self.anneal_until <= self.selection_warmup_steps:
+            raise ConfigError(f"anneal_until ({self.anneal_until}) must be after selection_warmup_steps "
+                              f"({self.selection_warmup_steps})")
         _positive("exit_auto_every", self.exit_auto_every)
         if not 0.0 < self.exit_auto_overlap <= 1.0:
             raise ConfigError(f"exit_auto_overlap must be in (0, 1]; got {self.exit_auto_overlap}")
@@ -144,29 +171,31 @@ class SiftConfig:
         return self.adaptive_keep == "noise"
 
     @property
-    def backprop_size(self) -> int:
-        """Samples backpropagated per step: round(keep x candidates), at least 1; all for 'none'."""
-        if self.selection == "none":
-            return self.candidates
+    def keep_size(self) -> int:
+        """round(keep x candidates), at least 1: the kept count of a selecting step (for every selection)."""
         return max(1, min(self.candidates, round(self.keep * self.candidates)))
+
+    @property
+    def backprop_size(self) -> int:
+        """Samples backpropagated per step: :attr:`keep_size`; all candidates for 'none'."""
+        return self.candidates if self.selection == "none" else self.keep_size
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adamw"  # adamw | lamb
-    lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.01  # decoupled, not on biases / LayerNorm
-    beta1: float = 0.9  # Adam/LAMB beta1
-    beta2: float = 0.98  # Adam/LAMB beta2
-    eps: float = 1e-6  # Adam/LAMB epsilon
-    lr_warmup_steps: int = 100  # linear LR warmup steps
-    lr_decay: str = "linear"  # linear | cosine | constant
-    min_lr_ratio: float = 0.0  # final LR as a fraction of the peak
-    grad_clip: float = 1.0  # 0 = off
+    optimizer: Literal["adamw", "lamb"] = opt("adamw", "adamw / lamb")
+    lr: float = opt(1e-3, "peak learning rate")
+    weight_decay: float = opt(0.01, "decoupled weight decay, not on biases / LayerNorm")
+    beta1: float = opt(0.9, "Adam/LAMB beta1")
+    beta2: float = opt(0.98, "Adam/LAMB beta2")
+    eps: float = opt(1e-6, "Adam/LAMB epsilon")
+    lr_warmup_steps: int = opt(100, "linear LR warmup steps")
+    lr_decay: Literal["linear", "cosine", "constant"] = opt("linear", "LR decay after the warmup")
+    min_lr_ratio: float = opt(0.0, "final LR as a fraction of the peak")
+    grad_clip: float = opt(1.0, "gradient-norm clipping; 0 = off")
 
     def __post_init__(self) -> None:
-        _choice("optimizer", self.optimizer, ("adamw", "lamb"))
-        _choice("lr_decay", self.lr_decay, ("linear", "cosine", "constant"))
+        _check_choices(self)
         _positive("lr", self.lr)
         _positive("lr_warmup_steps", self.lr_warmup_steps, allow_zero=True)
         _positive("grad_clip", self.grad_clip, allow_zero=True)
@@ -176,40 +205,40 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000  # optimizer steps (one candidate batch each)
-    time_budget_s: float = 0.0  # stop after this much training wall-clock (eval excluded); 0 = off
-    eval_every: int = 50  # validation every N steps
-    eval_batch_size: int = 64  # validation batch size
-    checkpoint_every: int = 0  # 0 = only at the end
-    keep_checkpoints: int = 2  # newest checkpoints kept on disk
-    log_every: int = 10  # console line / metrics flush every N steps
-    seed: int = 0  # seeds init, data order, masking and selection
-    out: str = "runs/sift"  # output directory: metrics.jsonl, summary.json, checkpoints/
-    resume: bool = False  # continue from the newest checkpoint in --out
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    targets: tuple[float, ...] = (  # val MLM accuracy targets for time-to-accuracy
-        0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.64)
-    overlap: str = "auto"  # auto | off | on | sequential-stale
-    profile_steps: str = ""  # A:B brackets steps A..B with cudaProfilerStart/Stop
-    torch_profiler: bool = False  # also write a Chrome trace of the profile window
-    telemetry_every: int = 0  # selection telemetry (exit-layer agreement) every N steps; 0 = off
-    nvml_every: int = 50  # NVML telemetry record every N steps (CUDA)
-    num_threads: int = 0  # torch CPU threads; 0 = torch default
-    clock: str = "wall"  # wall | process (CPU time of this process: robust to other load on a shared CPU)
+    max_steps: int = opt(1000, "optimizer steps (one candidate batch each)")
+    time_budget_s: float = opt(0.0, "stop after this much training time on --clock (eval excluded); 0 = off")
+    eval_every: int = opt(50, "validation every N steps")
+    eval_batch_size: int = opt(64, "validation batch size")
+    checkpoint_every: int = opt(0, "checkpoint every N steps; 0 = only at the end")
+    max_checkpoints: int = opt(2, "newest checkpoints kept on disk")
+    log_every: int = opt(10, "console line / metrics flush every N steps")
+    seed: int = opt(0, "seeds init, data order, masking and selection")
+    out: str = opt("runs/sift", "output directory: metrics.jsonl, summary.json, checkpoints/")
+    resume: bool = opt(False, "continue from the newest checkpoint in --out")
+    device: str = opt("auto", "auto / cpu / cuda / cuda:N")
+    precision: Literal["auto", "fp32", "bf16"] = opt("auto", "auto (bf16 autocast on CUDA, fp32 on CPU) / fp32 / bf16")
+    targets: tuple[float, ...] = opt((0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.64),
+                                     "val MLM accuracy targets for time-to-accuracy (comma-separated)")
+    overlap: Literal["auto", "off", "on", "sequential-stale"] = opt(
+        "auto", "score step t+1 with step t's weights: auto (on for CUDA) / off / on (side stream) / sequential-stale")
+    profile_steps: str = opt("", "A:B brackets steps A..B with cudaProfilerStart/Stop")
+    torch_profiler: bool = opt(False, "also write a Chrome trace of the profile window")
+    telemetry_every: int = opt(0, "selection telemetry (exit-layer agreement) every N steps; 0 = off")
+    nvml_every: int = opt(50, "NVML telemetry record every N steps (CUDA)")
+    num_threads: int = opt(0, "torch CPU threads; 0 = torch default")
+    clock: Literal["wall", "process"] = opt(
+        "wall", "wall / process (CPU time of this process: robust to other load on a shared CPU)")
 
     def __post_init__(self) -> None:
+        _check_choices(self)
         _positive("max_steps", self.max_steps)
         _positive("eval_every", self.eval_every)
         _positive("eval_batch_size", self.eval_batch_size)
         _positive("log_every", self.log_every)
-        _positive("keep_checkpoints", self.keep_checkpoints)
+        _positive("max_checkpoints", self.max_checkpoints)
         _positive("nvml_every", self.nvml_every)
         for name in ("checkpoint_every", "time_budget_s", "telemetry_every", "num_threads"):
             _positive(name, getattr(self, name), allow_zero=True)
-        _choice("precision", self.precision, ("auto", "fp32", "bf16"))
-        _choice("overlap", self.overlap, ("auto", "off", "on", "sequential-stale"))
-        _choice("clock", self.clock, ("wall", "process"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         self.targets = tuple(sorted(float(t) for t in self.targets))
@@ -217,7 +246,50 @@ class TrainConfig:
             raise ConfigError(f"targets must be accuracies in (0, 1]; got {self.targets}")
 
 
+# Renamed fields: old name -> (section, new name). The old names work for one release, with a warning.
+DEPRECATED: dict[str, tuple[str, str]] = {
+    "data": ("data", "corpus"),
+    "warmup_steps": ("sift", "selection_warmup_steps"),
+    "keep_checkpoints": ("train", "max_checkpoints"),
+}
+
+
+def warn_deprecated(old: str) -> str:
+    """Warn (one line) that config field ``old`` is renamed; returns its new name."""
+    new = DEPRECATED[old][1]
+    warnings.warn(f"config field {old!r} is deprecated; use {new!r} (flag --{new.replace('_', '-')})",
+                  FutureWarning, stacklevel=3)
+    return new
+
+
+def _accept_old_names(cls: type) -> type:
+    """Let ``cls(old=...)`` and ``obj.old`` keep working for the renamed fields of ``cls``, with a warning."""
+    renamed = {old: new for old, (section, new) in DEPRECATED.items() if SECTION_OF.get(cls) == section}
+    init = cls.__init__
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for old in renamed.keys() & kwargs.keys():
+            kwargs[warn_deprecated(old)] = kwargs.pop(old)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = functools.wraps(init)(__init__)
+    for old, new in renamed.items():
+
+        def get(self: Any, _old: str = old) -> Any:
+            return getattr(self, warn_deprecated(_old))
+
+        def put(self: Any, value: Any, _old: str = old) -> None:
+            setattr(self, warn_deprecated(_old), value)
+
+        setattr(cls, old, property(get, put, doc=f"deprecated alias of {new}"))
+    return cls
+
+
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "sift": SiftConfig, "optim": OptimConfig, "train": TrainConfig}
+SECTION_OF = {cls: name for name, cls in SECTIONS.items()}
+for _cls in SECTIONS.values():
+    _accept_old_names(_cls)
+SELECTIONS = literal_choices(typing.get_type_hints(SiftConfig)["selection"])
 
 
 @dataclass
@@ -262,13 +334,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def field_owner() -> dict[str, str]:
-    """Map every flat field name to its section; names are unique across sections."""
+    """Map every flat field name (and deprecated old name) to its section; names are unique across sections."""
     owner: dict[str, str] = {}
     for section, cls in SECTIONS.items():
         for f in fields(cls):
             if f.name in owner:
                 raise AssertionError(f"field {f.name} appears in {owner[f.name]} and {section}")
             owner[f.name] = section
+    for old, (section, new) in DEPRECATED.items():
+        if old in owner or owner.get(new) != section:
+            raise AssertionError(f"deprecated name {old} clashes or names no field {section}.{new}")
+        owner[old] = section
     return owner
 
 
@@ -281,11 +357,11 @@ def _flatten(raw: dict[str, Any], owner: dict[str, str]) -> dict[str, Any]:
             for sub, v in value.items():
                 if owner.get(sub) != key:
                     raise ConfigError(f"unknown config key {key}.{sub}")
-                flat[sub] = v
+                flat[warn_deprecated(sub) if sub in DEPRECATED else sub] = v
         elif key == "preset":
             flat["preset"] = value
         elif key in owner:
-            flat[key] = value
+            flat[warn_deprecated(key) if key in DEPRECATED else key] = value
         else:
             raise ConfigError(f"unknown config key {key!r}")
     return flat
@@ -293,6 +369,13 @@ def _flatten(raw: dict[str, Any], owner: dict[str, str]) -> dict[str, Any]:
 
 def build_config(*layers: dict[str, Any] | None) -> Config:
     """Merge flat or nested mappings, later layers winning; a ``preset`` key selects the base preset."""
+    preset, built = build_sections(*layers)
+    return Config(**built, preset=preset)
+
+
+def build_sections(*layers: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """:func:`build_config`'s preset name and validated sections, without the checks across sections
+    (the Megatron drop-in checks its exit layer against the model it wraps, not against a preset)."""
     owner = field_owner()
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -311,7 +394,7 @@ def build_config(*layers: dict[str, Any] | None) -> Config:
         built = {name: SECTIONS[name](**kw) for name, kw in sections.items()}
     except TypeError as exc:  # wrong value types reaching a dataclass
         raise ConfigError(f"invalid config: {exc}") from None
-    return Config(**built, preset=preset)
+    return preset, built
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -19,7 +19,7 @@ The default exit adapter reads a ``megatron.core`` ``BertModel`` (embedding, ``e
 a callable ``(model, batch, exit_layer, criterion, backend) -> float32 scores [C]``. Supported:
 tensor-, pipeline- and context-parallel size 1, learned absolute positions; selection is per
 data-parallel rank. In eval mode (Megatron's ``evaluate()``) the wrapper passes every sample through
-untouched. Schedule fields (``warmup_steps``, ``anneal_until``, ``interrupt_every``) count wrapper
+untouched. Schedule fields (``selection_warmup_steps``, ``anneal_until``, ``interrupt_every``) count wrapper
 calls, i.e. micro-batches. Megatron does not save the wrapper's state: store ``wrapper.state_dict()``
 with your checkpoint and ``load_state_dict()`` it on resume for the same selection RNG stream.
 Not tested: data-parallel runs, ``--overlap-param-gather`` (scoring reads the output weight directly,
@@ -36,9 +36,11 @@ from typing import Any
 
 import torch
 
-from sift_fast.config import Config, SiftConfig, build_config, load_config_file
+from sift_fast.config import Config, SiftConfig, build_sections, load_config_file
 from sift_fast.errors import ConfigError
+from sift_fast.models.hf import eval_mode
 from sift_fast.ops import exit_scores_rows
+from sift_fast.scoring import criterion_for, wants_scores
 from sift_fast.selection import Selector
 
 Adapter = Callable[[Any, Mapping[str, torch.Tensor], int, str, str], torch.Tensor]
@@ -54,6 +56,16 @@ def unwrap(model: Any) -> Any:
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model
+
+
+def model_depth(model: Any) -> int | None:
+    """Layers of a wrapped ``megatron.core`` model (``encoder.layers``, or ``decoder.layers``); None if unknown."""
+    m = unwrap(model)
+    for stack in ("encoder", "decoder"):
+        layers = getattr(getattr(m, stack, None), "layers", None)
+        if layers is not None:
+            return len(layers)
+    return None
 
 
 def _check_parallel_sizes() -> None:
@@ -95,9 +107,7 @@ def mcore_bert_exit_scores(
     use_types = types is not None and getattr(m.embedding, "tokentype_embeddings", None) is not None
     labels = batch["labels"].to(dev, torch.long, non_blocking=True)
     valid = batch["loss_mask"].to(dev, non_blocking=True).bool() & (labels >= 0)
-    flags = [(mod, mod.training) for mod in m.modules()]
-    m.eval()
-    try:
+    with eval_mode([m]):
         ext = m.bert_extended_attention_mask(batch["padding_mask"].to(dev, non_blocking=True))
         h = m.embedding(input_ids=tokens, position_ids=m.bert_position_ids(tokens),
                         tokentype_ids=types.to(dev, torch.long, non_blocking=True) if use_types else None)
@@ -114,18 +124,18 @@ def mcore_bert_exit_scores(
         if weight is None:
             weight = m.output_layer.weight
         bias = getattr(m.output_layer, "bias", None)
-    finally:
-        for mod, flag in flags:
-            mod.training = flag
     return exit_scores_rows(rows, weight, bias, labels[seq, pos], seq, tokens.shape[0], criterion,
                             backend=backend, seq_ids_sorted=True)
 
 
 def _as_sift_config(cfg: Config | SiftConfig | Mapping[str, Any] | str | Path | None) -> tuple[SiftConfig, int]:
+    """The SIFT section and seed of ``cfg``. A mapping or file is validated section by section: its exit
+    layer is checked against the wrapped model's depth at the first call, not against a preset's."""
     if isinstance(cfg, (str, Path)):
-        cfg = build_config(load_config_file(cfg))
+        cfg = load_config_file(cfg)
     if cfg is None or isinstance(cfg, Mapping):
-        cfg = build_config(dict(cfg or {}))
+        _, sections = build_sections(dict(cfg or {}))
+        return sections["sift"], sections["train"].seed
     if isinstance(cfg, Config):
         return cfg.sift, cfg.train.seed
     if isinstance(cfg, SiftConfig):
@@ -147,7 +157,7 @@ class SiftForwardStep:
         self.forward_step, self.cfg = forward_step, cfg
         self.selector = Selector(cfg, seed)
         self.adapter = adapter or mcore_bert_exit_scores
-        self.criterion = "loss" if cfg.selection in ("loss", "random") else "entropy"
+        self.criterion = criterion_for(cfg.selection)
         self.step = 0
         self.stats: dict[str, Any] = {}
         self._checked = False
@@ -158,6 +168,10 @@ class SiftForwardStep:
     def __call__(self, data_iterator: Iterator[Mapping[str, Any]] | None, model: Any, *args: Any, **kwargs: Any):
         if not self._checked:
             _check_parallel_sizes()
+            depth = model_depth(model)
+            if depth is not None and not 1 <= int(self.cfg.exit_layer) <= depth:
+                raise ConfigError(f"exit_layer {self.cfg.exit_layer} is outside the wrapped model's {depth} layers: "
+                                  f"give a layer in [1, {depth}]")
             self._checked = True
         if not unwrap(model).training:  # Megatron's evaluate(): every sample, no selection, no RNG use
             return self.forward_step(data_iterator, model, *args, **kwargs)
@@ -172,7 +186,7 @@ class SiftForwardStep:
         plan = self.selector.plan(self.step)
         t0 = time.perf_counter()
         scores = None
-        if plan.mode == "score" or (plan.mode == "uniform" and self.cfg.random_pays_scoring):
+        if wants_scores(plan, self.cfg):
             scores = self.candidate_scores(batch, model)
         score_s = time.perf_counter() - t0
         kept = self.selector.select(plan, n, scores if plan.mode == "score" else None)

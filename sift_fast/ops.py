@@ -8,7 +8,8 @@ Two layers:
   rows that were already gathered (the trainer gathers masked rows on the host-known index, applies
   the head transform to those rows only, then calls this).
 
-Backends: ``torch`` (chunked; peak extra memory is one ``[chunk, V]`` block, never ``[B*S, V]``) and
+Backends: ``torch`` (``sift_fast.reference``, chunked: peak extra memory is one ``[chunk, V]`` block, never
+``[B*S, V]``) and
 ``triton`` (the fused kernel in ``sift_fast.kernels.exit_scorer``: logits never materialized).
 ``auto`` picks triton on CUDA when it imports, torch otherwise; ``SIFT_BACKEND`` overrides ``auto``.
 All ops are forward-only (scoring needs no gradients).
@@ -22,12 +23,22 @@ from typing import Literal
 import torch
 
 from sift_fast.errors import ConfigError
+from sift_fast.reference import (
+    CRITERIA,
+    DEFAULT_CHUNK_ROWS,
+    check_criterion,
+    check_forward_only,
+    check_topk,
+    segment_mean,
+    topk_ref,
+)
+from sift_fast.reference import token_stats as token_stats_torch
 
 Criterion = Literal["loss", "entropy"]
 Backend = Literal["auto", "triton", "torch"]
-CRITERIA = ("loss", "entropy")
 BACKENDS = ("auto", "triton", "torch")
-DEFAULT_CHUNK_ROWS = 4096
+__all__ = ["BACKENDS", "CRITERIA", "DEFAULT_CHUNK_ROWS", "exit_scores", "exit_scores_rows", "resolve_backend",
+           "segment_mean", "select_topk", "token_stats_torch"]
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -51,60 +62,6 @@ def _triton_available() -> bool:
     return True
 
 
-def _check_criterion(criterion: str) -> None:
-    if criterion not in CRITERIA:
-        raise ConfigError(f"unknown criterion {criterion!r}; expected 'loss' or 'entropy'")
-
-
-def _no_grad_check(*tensors: torch.Tensor | None) -> None:
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        raise RuntimeError(
-            "exit_scores is forward-only (the scoring pass needs no gradients); "
-            "call it under torch.no_grad() or pass detached tensors"
-        )
-
-
-def token_stats_torch(
-    rows: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    ignore_index: int = -100,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row cross-entropy and predictive entropy (fp32) of ``rows @ weight.T + bias``.
-
-    Logits are formed one chunk of rows at a time in the input dtype (the matmul), then reduced in fp32.
-    Rows whose target is ``ignore_index`` get loss 0.
-    """
-    n = rows.shape[0]
-    loss = torch.empty(n, dtype=torch.float32, device=rows.device)
-    ent = torch.empty(n, dtype=torch.float32, device=rows.device)
-    w = weight.to(rows.dtype)
-    b = None if bias is None else bias.to(rows.dtype)
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
-        logits = torch.nn.functional.linear(rows[start:stop], w, b).float()
-        logp = torch.log_softmax(logits, dim=-1)
-        ent[start:stop] = -(logp.exp() * logp).sum(-1)
-        tgt = targets[start:stop]
-        valid = tgt != ignore_index
-        picked = logp.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1)
-        loss[start:stop] = torch.where(valid, -picked, torch.zeros_like(picked))
-    return loss, ent
-
-
-def segment_mean(values: torch.Tensor, seq_ids: torch.Tensor, valid: torch.Tensor, num_seqs: int) -> torch.Tensor:
-    """Mean of ``values[valid]`` per segment id; ``-inf`` for segments with no valid value (fp32)."""
-    v = torch.where(valid, values.float(), torch.zeros_like(values, dtype=torch.float32))
-    sums = torch.zeros(num_seqs, dtype=torch.float32, device=values.device).index_add_(0, seq_ids, v)
-    counts = torch.zeros(num_seqs, dtype=torch.float32, device=values.device).index_add_(
-        0, seq_ids, valid.float()
-    )
-    return torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("-inf")))
-
-
 def exit_scores_rows(
     rows: torch.Tensor,
     weight: torch.Tensor,
@@ -125,8 +82,8 @@ def exit_scores_rows(
     skipped; sequences without a scored row get ``-inf``. ``seq_ids_sorted=True`` promises non-decreasing
     ids (the trainer's masked rows are), which lets the Triton backend skip a device sort.
     """
-    _check_criterion(criterion)
-    _no_grad_check(rows, weight, bias)
+    check_criterion(criterion)
+    check_forward_only("exit_scores", rows, weight, bias)
     if rows.shape[0] == 0:
         return torch.full((num_seqs,), float("-inf"), dtype=torch.float32, device=rows.device)
     if resolve_backend(backend, rows.device) == "triton":
@@ -160,12 +117,12 @@ def exit_scores(
     softmax(logits) (``entropy``); ``-inf`` for a sequence with no masked position. Only masked rows
     meet the decoder. Forward-only.
     """
-    _check_criterion(criterion)
+    check_criterion(criterion)
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
         raise ValueError(
             f"expected hidden [B, S, H] and labels [B, S], got {tuple(hidden.shape)} / {tuple(labels.shape)}"
         )
-    _no_grad_check(hidden, decoder_weight, decoder_bias)
+    check_forward_only("exit_scores", hidden, decoder_weight, decoder_bias)
     bsz, seq = labels.shape
     if resolve_backend(backend, hidden.device) == "triton":
         from sift_fast.kernels.exit_scorer import exit_scorer
@@ -186,16 +143,9 @@ def select_topk(scores: torch.Tensor, k: int, *, backend: Backend = "auto") -> t
     Deterministic on every device (NaN ranks like -inf): a stable descending sort on the torch backend,
     the single-program Triton sort of ``sift_fast.kernels.topk`` on the triton backend.
     """
-    if scores.dim() != 1:
-        raise ValueError(f"scores must be 1-D, got shape {tuple(scores.shape)}")
-    n = scores.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
+    check_topk(scores, k)
     if resolve_backend(backend, scores.device) == "triton":
         from sift_fast.kernels.topk import topk_indices
 
         return topk_indices(scores, k)
-    s = scores.float()
-    s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
-    order = torch.sort(s, descending=True, stable=True).indices
-    return order[:k]
+    return topk_ref(scores, k)

@@ -19,6 +19,7 @@ baseline's token mean over every candidate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,30 @@ from sift_fast.ops import select_topk
 class Plan:
     mode: str  # all | uniform | score
     keep_count: int
+
+
+@dataclass
+class Selection:
+    """What a step backpropagates: ``batch.select(kept)``.
+
+    ``batch`` is the step's host candidate batch, or, under global selection, the gathered batch of
+    all ranks (``kept`` then indexes it); ``scores`` are that batch's candidate scores when the step
+    scored. ``weights`` (per kept sequence, optional) reweight the loss of a sampled selection
+    (``Σ w·CE`` over each kept sequence's masked tokens); None is the plain mean over the kept tokens.
+    """
+
+    kept: torch.Tensor  # ascending candidate indices into ``batch`` (host)
+    batch: Any
+    scores: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+
+    def __iter__(self):
+        """Unpacks as ``kept, batch, scores`` (the tuple global selection returned before this class)."""
+        return iter((self.kept, self.batch, self.scores))
+
+
+# ``select_fn(plan, host_batch, scores) -> Selection`` replaces the local selection (global selection across ranks)
+SelectFn = Callable[[Plan, Any, "torch.Tensor | None"], Selection]
 
 
 class Selector:
@@ -49,8 +74,8 @@ class Selector:
         base = cfg.backprop_size
         if self.dynamic_k is not None and cfg.selection != "none":
             return self.dynamic_k
-        if cfg.anneal_until and step >= cfg.warmup_steps:
-            frac = min(1.0, (step - cfg.warmup_steps) / (cfg.anneal_until - cfg.warmup_steps))
+        if cfg.anneal_until and step >= cfg.selection_warmup_steps:
+            frac = min(1.0, (step - cfg.selection_warmup_steps) / (cfg.anneal_until - cfg.selection_warmup_steps))
             return min(c, round(base + frac * (c - base)))
         return base
 
@@ -61,7 +86,7 @@ class Selector:
             return Plan("all", cfg.candidates)
         if (
             cfg.selection == "random"
-            or step < cfg.warmup_steps
+            or step < cfg.selection_warmup_steps
             or (cfg.interrupt_every and step % cfg.interrupt_every == cfg.interrupt_every - 1)
         ):
             return Plan("uniform", k)
@@ -80,8 +105,6 @@ class Selector:
             return self.uniform(n, plan.keep_count)
         if scores is None:
             raise ValueError("mode 'score' needs scores")
-        if self.cfg.selection_rule == "sample":
-            return self.sample(scores, plan.keep_count)[0]
         return select_topk(scores, plan.keep_count).sort().values
 
     def probabilities(self, scores: torch.Tensor) -> torch.Tensor:
@@ -103,6 +126,15 @@ class Selector:
     def sample_weights(self, p_kept: torch.Tensor, num_masked_total: int) -> torch.Tensor:
         """Per kept sequence loss weight ``1 / (k·p·N_C)`` of rule ``sample`` (fp32, host)."""
         return (1.0 / (p_kept.numel() * p_kept * max(1, num_masked_total))).float()
+
+    def selection(self, plan: Plan, batch: Any, scores: torch.Tensor | None = None) -> Selection:
+        """The local :class:`Selection` of ``batch`` (its scores are used for mode ``score`` only)."""
+        if plan.mode == "score" and self.cfg.selection_rule == "sample":
+            if scores is None:
+                raise ValueError("mode 'score' needs scores")
+            kept, p_kept = self.sample(scores, plan.keep_count)
+            return Selection(kept, batch, scores, self.sample_weights(p_kept, batch.num_masked))
+        return Selection(self.select(plan, batch.size, scores if plan.mode == "score" else None), batch, scores)
 
     def score_subset(self, masked_seq: torch.Tensor, max_per_seq: int) -> torch.Tensor:
         """Positions (into the masked list) to score: at most ``max_per_seq`` per sequence, seeded.

@@ -19,6 +19,7 @@ from sift_fast.kernels.exit_scorer import (  # noqa: E402
 )
 
 from sift_fast import ops  # noqa: E402
+from sift_fast.reference import exit_scores_ref, segment_mean, token_stats  # noqa: E402
 
 IGN = -100
 if torch.cuda.is_available() and not interpreting():
@@ -41,23 +42,9 @@ def make(device, dtype, B=5, S=37, H=96, V=1000, frac=0.3, scale=1.0, bias=True,
     return [t.to(device) if t is not None else None for t in (hidden, weight, b, labels)]
 
 
-def stats64(rows, weight, bias, dtype):
-    """Full fp64 logits from the hidden-dtype inputs -> per-row (loss-less logp, entropy)."""
-    w = weight.to(dtype).double()
-    logits = rows.double() @ w.T
-    if bias is not None:
-        logits = logits + bias.to(dtype).double()
-    logp = torch.log_softmax(logits, -1)
-    return logp, -(logp.exp() * logp).sum(-1)
-
-
 def ref64(hidden, weight, bias, labels, criterion):
-    logp, ent = stats64(hidden, weight, bias, hidden.dtype)
-    mask = labels != IGN
-    loss = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    vals = torch.where(mask, loss if criterion == "loss" else ent, 0.0)
-    cnt = mask.sum(1)
-    return torch.where(cnt > 0, vals.sum(1) / cnt.clamp(min=1), float("-inf"))
+    """fp64 logits from the hidden-dtype inputs -> per-sequence mean (``sift_fast.reference`` at fp64)."""
+    return exit_scores_ref(hidden, weight, bias, labels, criterion, compute_dtype=torch.float64)
 
 
 # The fp32-accumulation contract: whatever the input dtype, the kernel's scores are within this many units
@@ -209,14 +196,10 @@ def test_rows_api_unsorted_seq_ids(device, dtype):
     sid = torch.randint(0, nseq - 1, (n,), generator=g).to(device)
     sid[sid == 4] = 3  # sequence 4 has no row
     sid[torch.arange(n, device=device) % 10 == 0] = 6  # sequence 6: only ignored rows (0, 10, ... are ::5)
-    logp, ent = stats64(rows, weight, bias, dtype)
-    loss = -logp.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1)
+    loss, ent = token_stats(rows, weight, bias, tgt, compute_dtype=torch.float64)
     valid = tgt != IGN
     for criterion in CRITERIA:
-        vals = torch.where(valid, loss if criterion == "loss" else ent, 0.0)
-        sums = torch.zeros(nseq, dtype=torch.float64, device=device).index_add_(0, sid, vals)
-        cnt = torch.zeros(nseq, dtype=torch.float64, device=device).index_add_(0, sid, valid.double())
-        ref = torch.where(cnt > 0, sums / cnt.clamp(min=1), float("-inf"))
+        ref = segment_mean(loss if criterion == "loss" else ent, sid, valid, nseq)
         with torch.no_grad():
             out = exit_scorer_rows(rows, weight, bias, tgt, sid, nseq, criterion)
             base = ops.exit_scores_rows(rows, weight, bias, tgt, sid, nseq, criterion, backend="torch")
@@ -236,8 +219,7 @@ def test_token_stats(device, dtype):
     rows, tgt = hidden.reshape(-1, 32), labels.reshape(-1)
     loss, ent = exit_token_stats(rows, weight, bias, tgt)
     tl_, te_ = ops.token_stats_torch(rows, weight, bias, tgt)
-    logp, ent64 = stats64(rows, weight, bias, dtype)
-    loss64 = torch.where(tgt != IGN, -logp.gather(1, tgt.clamp(min=0).unsqueeze(1)).squeeze(1), 0.0)
+    loss64, ent64 = token_stats(rows, weight, bias, tgt, compute_dtype=torch.float64)
     check(loss, loss64, tl_)
     check(ent, ent64, te_)
     assert (loss[tgt == IGN] == 0).all()

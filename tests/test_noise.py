@@ -103,7 +103,7 @@ def test_adaptive_run_probes_logs_and_resumes_bitwise(micro_cfg, tmp_path):
     kw = dict(max_steps=8, checkpoint_every=4, selection="entropy", adaptive_keep="noise", noise_every=2,
               candidates=8, keep=0.5)
     full_dir, resumed_dir = tmp_path / "full", tmp_path / "resumed"
-    full = Trainer(micro_cfg(out=str(full_dir), keep_checkpoints=5, **kw))
+    full = Trainer(micro_cfg(out=str(full_dir), max_checkpoints=5, **kw))
     full.run()
     assert full.adaptive.noise.probes >= 3
     (resumed_dir / "checkpoints").mkdir(parents=True)

@@ -1,6 +1,8 @@
 """argparse built from the config dataclasses: every field is a flag (``exit_layer`` → ``--exit-layer``).
 
-Precedence: preset < ``--config`` file < flags. Errors are one line on stderr and exit code 2.
+Each flag's help is the field's meaning and default; a ``Literal`` field's values are its choices. Renamed
+fields keep their old flags (hidden from ``--help``) with a one-line warning. Precedence: preset <
+``--config`` file < flags. Errors are one line on stderr and exit code 2; warnings are one line too.
 """
 
 from __future__ import annotations
@@ -9,10 +11,11 @@ import argparse
 import sys
 import types
 import typing
+import warnings
 from dataclasses import MISSING, fields
 from typing import Any, NoReturn
 
-from sift_fast.config import PRESETS, SECTIONS, Config, build_config, load_config_file
+from sift_fast.config import DEPRECATED, PRESETS, SECTIONS, Config, build_config, literal_choices, load_config_file
 from sift_fast.errors import ConfigError, UserError
 
 
@@ -50,8 +53,10 @@ def _int_or_auto(text: str) -> int | str:
 
 def _converter(tp: Any):
     hints = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else ()
-    if hints and set(hints) == {int, str}:
+    if hints and int in hints and all(h is int or h is str or literal_choices(h) for h in hints):
         return _int_or_auto
+    if literal_choices(tp) is not None:
+        return str
     if tp is bool:
         return _bool
     if typing.get_origin(tp) is tuple:
@@ -59,22 +64,42 @@ def _converter(tp: Any):
     return tp
 
 
+# Flags that stay as plain synonyms (``--data`` reads well on a command line; only ``cfg.data.data`` did not).
+FLAG_SYNONYMS = {"corpus": ("--data",)}
+
+
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def field_help(f: Any) -> str:
+    """A field's ``--help`` text: its meaning and its default."""
+    default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    if isinstance(default, tuple):
+        default = ",".join(f"{x:g}" for x in default)
+    meaning = f.metadata.get("help", "")
+    return f"{meaning} (default {default})".replace("%", "%%") if meaning else f"(default {default})"
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=None, default=None,
-                        help=f"base preset: {', '.join(PRESETS)} (default proxy-12)")
+    parser.add_argument("--preset", default=None,
+                        help=f"base preset: {' / '.join(PRESETS)} (default proxy-12; README.md lists their values)")
     parser.add_argument("--config", default=None, help="yaml/json config file (nested by section or flat)")
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section)
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
             tp = hints[f.name]
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            kw: dict[str, Any] = {"default": None, "dest": f.name, "help": field_help(f)}
             if tp is bool:
-                group.add_argument(flag, nargs="?", const=True, type=_bool, default=None, dest=f.name,
-                                   help=f"(default {default})")
+                kw.update(nargs="?", const=True, type=_bool)
             else:
-                group.add_argument(flag, type=_converter(tp), default=None, dest=f.name, help=f"(default {default})")
+                kw.update(type=_converter(tp), choices=literal_choices(tp))
+            group.add_argument(flag_of(f.name), *FLAG_SYNONYMS.get(f.name, ()), **kw)
+            old = [o for o, (sec, new) in DEPRECATED.items() if (sec, new) == (section, f.name)]
+            for name in (o for o in old if flag_of(o) not in FLAG_SYNONYMS.get(f.name, ())):
+                kw = {**kw, "dest": f"deprecated:{name}", "help": argparse.SUPPRESS}
+                group.add_argument(flag_of(name), **kw)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -85,6 +110,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         layers.append({"preset": preset})
     layers.append({k: v for k, v in file_layer.items() if k != "preset"})
     flags = {}
+    for old, (_, new) in DEPRECATED.items():
+        value = getattr(args, f"deprecated:{old}", None)
+        if value is not None:
+            warnings.warn(f"{flag_of(old)} is deprecated; use {flag_of(new)}", FutureWarning, stacklevel=2)
+            flags[new] = value
     for cls in SECTIONS.values():
         for f in fields(cls):
             value = getattr(args, f.name, None)
@@ -94,8 +124,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(*layers)
 
 
+def _one_line_warnings(prog: str):
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def run_cli(prog: str, main_fn, argv: list[str] | None = None) -> int:
-    """Run ``main_fn(argv)``, turning a UserError into one stderr line and exit code 2."""
+    """Run ``main_fn(argv)``, turning a UserError into one stderr line and exit code 2 (warnings: one line)."""
+    saved = warnings.showwarning
+    warnings.showwarning = _one_line_warnings(prog)
     try:
         return int(main_fn(argv) or 0)
     except UserError as exc:
@@ -104,6 +143,8 @@ def run_cli(prog: str, main_fn, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = saved
 
 
 __all__ = ["OneLineParser", "add_config_flags", "config_from_args", "run_cli", "ConfigError"]

@@ -1,7 +1,10 @@
 """Named comparison arms: each is a set of config overrides on one shared base config.
 
-Every SIFT arm names its keep schedule, so an arm means the same thing whatever the defaults are;
-``default`` is exactly what ``sift-pretrain`` does when no selection flag is given.
+One table for ``sift-compare``, ``bench/time_to_accuracy.py`` and ``bench/tta_horizon.py``. Every SIFT
+arm names its keep schedule and rule, so an arm means the same thing whatever the defaults are;
+``default`` is exactly what ``sift-pretrain`` does when no selection flag is given. ``random`` pays for
+the scoring pass (the same compute as SIFT, the scores ignored: what isolates the information in
+them), ``random-free`` does not (only "more, cheaper steps").
 """
 
 from __future__ import annotations
@@ -12,33 +15,36 @@ from typing import Any
 from sift_fast.config import Config, SiftConfig
 from sift_fast.errors import ConfigError
 
+ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb", "anneal", "auto", "lr", "sample",
+        "noise")
+# the keep schedule and rule of a fixed-keep top-k arm
 FIXED = {"adaptive_keep": "off", "anneal_until": 0, "selection_rule": "topk"}
 
 
-def arm_overrides(name: str, base: Config) -> dict[str, Any]:
-    """Overrides that turn ``base`` into arm ``name``."""
-    layers = base.model.num_layers
-    defaults = SiftConfig()
+def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
+    """Overrides that turn ``base`` into arm ``name``; ``anneal`` reaches keep 1.0 at ``anneal_steps``
+    (default: the base's ``max_steps``)."""
+    sift, d = base.sift, SiftConfig()
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
-        # the trainer's default SIFT (today: entropy at the exit layer, fixed keep)
-        "default": {"selection": defaults.selection, "adaptive_keep": defaults.adaptive_keep, "anneal_until": 0,
-                    "selection_rule": defaults.selection_rule},
-        # entropy with keep raised towards 1 as the gradient noise scale grows (train/noise.py)
-        "noise": {"selection": "entropy", **{**FIXED, "adaptive_keep": "noise"}},
+        "default": {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
+                    "selection_rule": d.selection_rule},
         "entropy": {"selection": "entropy", **FIXED},
         "loss": {"selection": "loss", **FIXED},
-        "random": {"selection": "random", **FIXED},  # uniform keep, no scoring pass ("more, cheaper steps")
+        "random": {"selection": "random", "random_pays_scoring": True, **FIXED},
+        "random-free": {"selection": "random", "random_pays_scoring": False, **FIXED},
         # selective-backprop style: score with the full forward (exit at the last layer)
-        "sb": {"selection": "loss", "exit_layer": layers, **FIXED},
+        "sb": {"selection": "loss", "exit_layer": base.model.num_layers, **FIXED},
         "anneal": {"selection": "entropy", **FIXED,
-                   "anneal_until": max(base.sift.warmup_steps + 1, base.train.max_steps)},
+                   "anneal_until": max(sift.selection_warmup_steps + 1, anneal_steps or base.train.max_steps)},
         "auto": {"selection": "entropy", "exit_layer": "auto", **FIXED},
-        # entropy with the peak LR scaled by sqrt(keep): Adam's square-root rule for the smaller backprop batch
-        "lr": {"selection": "entropy", **FIXED, "lr": base.optim.lr * math.sqrt(base.sift.keep)},
+        # entropy with the peak LR × √keep: Adam's square-root rule for the smaller backprop batch
+        "lr": {"selection": "entropy", **FIXED, "lr": base.optim.lr * math.sqrt(sift.keep)},
         # importance-sampled selection with unbiased reweighting
         "sample": {"selection": "entropy", **{**FIXED, "selection_rule": "sample"}},
+        # entropy with keep raised towards 1 as the gradient noise scale grows (train/noise.py)
+        "noise": {"selection": "entropy", **{**FIXED, "adaptive_keep": "noise"}},
     }
     if name not in arms:
-        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(arms)}")
+        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}")
     return arms[name]

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from sift_fast.cli.args import OneLineParser, add_config_flags, config_from_args, run_cli
-from sift_fast.cli.arms import arm_overrides
+from sift_fast.cli.arms import ARMS, arm_overrides
 from sift_fast.cli.report import render_markdown, render_plot, render_table
-from sift_fast.train.metrics import atomic_write_json
+from sift_fast.io import atomic_write_json, atomic_write_text
 
 # The no-argument run: proxy-12 on the bundled corpus, four CPU-minutes of training per arm.
 QUICK_DEFAULTS = {"time_budget_s": 240.0, "max_steps": 100000, "eval_every": 25, "log_every": 25,
@@ -28,9 +28,7 @@ def build_parser() -> OneLineParser:
     parser = OneLineParser(prog="sift-compare", description=__doc__)
     add_config_flags(parser)
     parser.add_argument("--arms", default="baseline,default",
-                        help="comma-separated arms: baseline, default (the trainer's default SIFT), entropy (fixed "
-                             "keep), noise (entropy, keep from the gradient noise scale), loss, random, sb, anneal, "
-                             "auto, lr, sample")
+                        help=f"comma-separated arms ({', '.join(ARMS)}); default = the trainer's default SIFT")
     return parser
 
 
@@ -75,11 +73,7 @@ def _main(argv: list[str] | None) -> int:
     results = run_arms(cfg, arms, out)
     report = {"config": cfg.to_dict(), "arms": arms, "results": results}
     atomic_write_json(out / "compare.json", report)
-    md = render_markdown(report)
-    (out / "compare.md").parent.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".compare.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(out / "compare.md")
+    atomic_write_text(out / "compare.md", render_markdown(report))
     render_plot(report, out / "compare.png")
     print(render_table(report))
     print(one_seed_note(cfg))

@@ -22,7 +22,7 @@ import numpy as np
 from sift_fast.cli.args import OneLineParser, run_cli
 from sift_fast.data.indexed import is_indexed
 from sift_fast.errors import ConfigError, DataError
-from sift_fast.train.metrics import atomic_write_text
+from sift_fast.io import atomic_write_text
 
 
 def build_parser() -> OneLineParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sift_fast.train.metrics import atomic_savefig
+from sift_fast.io import atomic_savefig
 
 
 def _targets(report: dict[str, Any]) -> list[str]:
@@ -60,7 +60,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     targets = _targets(report)
     cfg = report["config"]
     out = ["# sift-compare", "",
-           f"preset `{cfg['preset']}`, data `{cfg['data']['data']}`, candidates {cfg['sift']['candidates']}, "
+           f"preset `{cfg['preset']}`, data `{cfg['data']['corpus']}`, candidates {cfg['sift']['candidates']}, "
            f"keep {cfg['sift']['keep']}, exit layer {cfg['sift']['exit_layer']}, seed {cfg['train']['seed']}, "
            f"budget {cfg['train']['time_budget_s']:.0f}s / {cfg['train']['max_steps']} steps per arm.", "",
            f"Time to each validation MLM accuracy target (training time, clock `{cfg['train']['clock']}`, "

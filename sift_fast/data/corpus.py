@@ -9,6 +9,7 @@ from pathlib import Path
 from sift_fast.data.blend import parse_blend
 from sift_fast.data.indexed import is_indexed
 from sift_fast.errors import DataError
+from sift_fast.io import read_utf8
 
 BUNDLED_CORPUS = Path(__file__).resolve().parent / "bundled" / "wikitext2.txt"
 
@@ -113,16 +114,7 @@ def corpus_texts(docs_spec: str, text_key: str = "text") -> list[str]:
 
 
 def _read_raw(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read corpus {path}: {exc.strerror or exc}") from None
-    if b"\x00" in raw:
-        raise DataError(f"corpus {path} is a binary file, not text")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"corpus {path} is not UTF-8 text (byte {exc.start})") from None
+    return read_utf8(path, "corpus")
 
 
 def _read_txt(path: Path) -> list[str]:

@@ -14,9 +14,7 @@ for vocabularies under 65500 tokens, else ``int32``). Document ``d`` is sequence
 
 from __future__ import annotations
 
-import os
 import struct
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from sift_fast.errors import DataError
+from sift_fast.io import atomic_open
 
 INDEX_HEADER = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
@@ -198,14 +197,12 @@ def write_indexed(
     document (one sequence per sentence). Ids must fit ``dtype``.
     """
     bin_path, idx_path = index_paths(strip_scheme(prefix))
-    bin_path.parent.mkdir(parents=True, exist_ok=True)
     info = np.iinfo(dtype)
     lengths: list[int] = []
     doc_idx = [0]
-    fd, tmp_bin = tempfile.mkstemp(dir=bin_path.parent, prefix=".tmp-", suffix=".bin")
-    tmp_idx = None
-    try:
-        with os.fdopen(fd, "wb") as f:
+    # nested: the .bin is renamed first, the .idx last; a failure anywhere leaves neither temp file
+    with atomic_open(idx_path, "wb") as fi:
+        with atomic_open(bin_path, "wb") as f:
             for doc in documents:
                 seqs = list(doc) if _is_sentence_list(doc) else [doc]
                 for s in seqs:
@@ -215,19 +212,11 @@ def write_indexed(
                     f.write(a.astype(dtype).tobytes())
                     lengths.append(int(a.size))
                 doc_idx.append(len(lengths))
-        lens = np.asarray(lengths, dtype=np.int32)
-        ptrs = np.concatenate([[0], np.cumsum(lens[:-1].astype(np.int64) * np.dtype(dtype).itemsize)]).astype(np.int64)
-        fd, tmp_idx = tempfile.mkstemp(dir=idx_path.parent, prefix=".tmp-", suffix=".idx")
-        with os.fdopen(fd, "wb") as f:
-            f.write(INDEX_HEADER)
-            f.write(struct.pack("<QBQQ", INDEX_VERSION, code_of(dtype), len(lens), len(doc_idx)))
-            f.write(lens.tobytes())
-            f.write(ptrs[: len(lens)].tobytes())
-            f.write(np.asarray(doc_idx, dtype=np.int64).tobytes())
-        os.replace(tmp_bin, bin_path)
-        os.replace(tmp_idx, idx_path)
-    finally:
-        for t in (tmp_bin, tmp_idx):
-            if t and os.path.exists(t):
-                os.unlink(t)
+            lens = np.asarray(lengths, dtype=np.int32)
+            ptrs = np.concatenate([[0], np.cumsum(lens[:-1].astype(np.int64) * np.dtype(dtype).itemsize)])
+            fi.write(INDEX_HEADER)
+            fi.write(struct.pack("<QBQQ", INDEX_VERSION, code_of(dtype), len(lens), len(doc_idx)))
+            fi.write(lens.tobytes())
+            fi.write(ptrs.astype(np.int64)[: len(lens)].tobytes())
+            fi.write(np.asarray(doc_idx, dtype=np.int64).tobytes())
     return bin_path, idx_path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from sift_fast.errors import DataError
+from sift_fast.io import atomic_path, read_utf8
 
 BUNDLED_VOCAB = Path(__file__).resolve().parent / "bundled" / "bert-base-uncased-vocab.txt"
 
@@ -96,16 +96,7 @@ def bert_wordpiece_pipeline(tok: Tokenizer, lowercase: bool) -> Tokenizer:
 
 
 def _read_text(path: Path, what: str) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if b"\x00" in raw:
-        raise DataError(f"{what} {path} is a binary file, not a text vocabulary")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{what} {path} is not UTF-8 text") from None
+    return read_utf8(path, what, "a text vocabulary")
 
 
 def _from_vocab_txt(path: Path, lowercase: bool) -> Tokenizer:
@@ -186,15 +177,8 @@ def _train(texts: Iterable[str], vocab_size: int, cache_dir: str | Path | None, 
     tok = _canonical_ids(tok)
     tok = bert_wordpiece_pipeline(tok, lowercase)  # template needs the [CLS]/[SEP] ids known only now
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=".tmp-", suffix=".json")
-        os.close(fd)
-        try:
-            tok.save(tmp)
-            os.replace(tmp, cache_file)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(cache_file) as tmp:
+            tok.save(str(tmp))
     return tok
 
 

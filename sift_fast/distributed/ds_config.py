@@ -30,6 +30,7 @@ from typing import Any
 
 from sift_fast.config import Config
 from sift_fast.errors import ConfigError
+from sift_fast.train.engine import zero_stage
 
 ZERO_STAGES = (0, 1, 2, 3)
 _ADAM_TYPES = {"adam": "adamw", "adamw": "adamw", "lamb": "lamb"}
@@ -55,10 +56,6 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "auto":
         return "bf16" if device_type == "cuda" else "fp32"
     return precision
-
-
-def zero_stage(ds: dict[str, Any]) -> int:
-    return int((ds.get("zero_optimization") or {}).get("stage", 0))
 
 
 def _given(section: dict[str, Any], key: str) -> Any:

@@ -24,9 +24,7 @@ world size (checked with a clear error).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +34,11 @@ import torch
 from torch import nn
 
 from sift_fast.config import Config
-from sift_fast.distributed.ds_config import zero_stage
 from sift_fast.errors import ConfigError
+from sift_fast.io import atomic_torch_save, atomic_write_text
 from sift_fast.models.hf import MLMEncoder, MLMOutput
-from sift_fast.train.checkpoint import atomic_torch_save, load_checkpoint
+from sift_fast.train.checkpoint import load_checkpoint
+from sift_fast.train.engine import zero_stage
 from sift_fast.train.optim import build_optimizer, build_scheduler, param_groups
 
 _TAG_PREFIX = "step_"
@@ -199,10 +198,7 @@ class DeepSpeedEngine:
         dist.barrier()
         self.ds.save_checkpoint(str(directory), tag=tag, save_latest=False)  # ends with a barrier
         if self.rank == 0:
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".latest.", suffix=".tmp")
-            with os.fdopen(fd, "w") as f:
-                f.write(tag)
-            os.replace(tmp, directory / "latest")
+            atomic_write_text(directory / "latest", tag)
             tags = sorted(p for p in directory.glob(f"{_TAG_PREFIX}*") if p.is_dir())
             for old in tags[:-keep]:
                 if old.name != tag:

@@ -30,7 +30,7 @@ from sift_fast.data import CandidateLoader
 from sift_fast.data.batch import Batch, make_batch
 from sift_fast.errors import ConfigError
 from sift_fast.ops import select_topk
-from sift_fast.selection import Plan
+from sift_fast.selection import Plan, Selection
 
 MESSAGE_BYTES_PER_CANDIDATE = 8  # int32 sample id + fp32 score bits
 
@@ -124,12 +124,12 @@ def concat_batches(a: Batch, b: Batch | None, pad_id: int) -> Batch:
 class GlobalSelection:
     """``select_fn`` for ``Trainer``/``sift_step``: global top-k over the candidates of all ranks.
 
-    One all-gather per step of (sample id, score) pairs. Returns ``(kept, source, scores)``:
-    ``source`` = this rank's ``C`` candidates followed by the ``m`` kept candidates it received
+    One all-gather per step of (sample id, score) pairs. Returns a :class:`~sift_fast.selection.Selection`:
+    ``batch`` = this rank's ``C`` candidates followed by the ``m`` kept candidates it received
     (rebuilt from their ids by ``build(ids, epoch)``, the loader's :meth:`CandidateLoader.build`),
-    ``kept`` = its ``k`` rows of ``source`` (own kept rows ascending, then ``C .. C+m-1``), so
-    ``source.select(kept)`` is the batch to backprop. ``scores`` (mode ``score``; ``None`` for a uniform
-    plan) holds every gathered score, those of ``source``'s rows first: ``scores[kept]`` are the kept
+    ``kept`` = its ``k`` rows of ``batch`` (own kept rows ascending, then ``C .. C+m-1``), so
+    ``batch.select(kept)`` is the batch to backprop. ``scores`` (mode ``score``; ``None`` for a uniform
+    plan) holds every gathered score, those of ``batch``'s rows first: ``scores[kept]`` are the kept
     rows' scores and their mean over all entries is the global candidates' mean. ``step_fn`` returns
     the current step (for the uniform draw); ``device`` carries the collective (NCCL needs CUDA tensors).
     """
@@ -149,10 +149,10 @@ class GlobalSelection:
         dist.all_gather(out, t)
         return torch.cat(out).cpu()
 
-    def __call__(self, plan: Plan, batch: Batch, scores: torch.Tensor | None):
+    def __call__(self, plan: Plan, batch: Batch, scores: torch.Tensor | None) -> Selection:
         self.last_bytes = self.last_received = 0
         if plan.mode == "all":
-            return torch.arange(batch.size)
+            return Selection(torch.arange(batch.size), batch, scores)
         if plan.mode == "score" and scores is None:
             raise ValueError("mode 'score' needs scores")
         msg = pack(batch.sample_ids, scores if plan.mode == "score" else None)
@@ -171,8 +171,8 @@ class GlobalSelection:
         source = concat_batches(batch, received, self.pad_id)
         kept = torch.from_numpy(np.concatenate([share[own] - self.rank * c, c + np.arange(len(foreign))]))
         if plan.mode != "score":
-            return kept, source, None
+            return Selection(kept, source, None)
         mine = np.arange(self.rank * c, (self.rank + 1) * c)
         rest = np.setdiff1d(np.arange(c * w), np.concatenate([mine, foreign]), assume_unique=True)
         order = torch.from_numpy(np.concatenate([mine, foreign, rest]))
-        return kept, source, all_scores[order]
+        return Selection(kept, source, all_scores[order])

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
+from functools import partial
 from typing import Any
 
 import torch
@@ -30,63 +32,31 @@ _COLORS = {
 }
 
 
-class _NullRange:
-    """Does nothing; one shared instance serves every name when annotation is off."""
-
-    __slots__ = ()
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        return None
-
-    def mark(self) -> None:
-        return None
+def _noop() -> None:
+    return None
 
 
-class _DomainRange:
-    """Push/pop on a cached ``nvtx`` domain with pre-built event attributes."""
+class _Range:
+    """A cached NVTX range: push on enter, pop on exit, ``mark()`` an instant event (bound callables)."""
 
-    __slots__ = ("_push", "_pop", "_mark", "_attrs")
+    __slots__ = ("_push", "_pop", "_mark")
 
-    def __init__(self, domain: Any, attrs: Any) -> None:
-        self._push = domain.push_range
-        self._pop = domain.pop_range
-        self._mark = domain.mark
-        self._attrs = attrs
+    def __init__(self, push: Callable[[], Any], pop: Callable[[], Any], mark: Callable[[], Any]) -> None:
+        self._push, self._pop, self._mark = push, pop, mark
 
     def __enter__(self) -> None:
-        self._push(self._attrs)
+        self._push()
 
     def __exit__(self, *exc: object) -> None:
         self._pop()
 
     def mark(self) -> None:
-        self._mark(self._attrs)
+        self._mark()
 
 
-class _TorchRange:
-    """Push/pop through ``torch.cuda.nvtx`` (global domain; torch has no domain API)."""
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __enter__(self) -> None:
-        torch.cuda.nvtx.range_push(self._name)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.cuda.nvtx.range_pop()
-
-    def mark(self) -> None:
-        torch.cuda.nvtx.mark(self._name)
-
-
-_NULL = _NullRange()
+_NULL = _Range(_noop, _noop, _noop)  # one shared object when nothing listens
 _lock = threading.Lock()
-_cache: dict[str, _NullRange | _DomainRange | _TorchRange] = {}
+_cache: dict[str, _Range] = {}
 _backend: str | None = None  # "nvtx" | "torch" | "none", resolved lazily
 _domain: Any = None
 
@@ -117,16 +87,18 @@ def _resolve_backend() -> str:
     return _backend
 
 
-def _create(name: str) -> _NullRange | _DomainRange | _TorchRange:
+def _create(name: str) -> _Range:
     with _lock:
         rng = _cache.get(name)
         if rng is not None:
             return rng
         backend = _backend or _resolve_backend()
-        if backend == "nvtx":
-            rng = _DomainRange(_domain, _domain.get_event_attributes(message=name, color=_COLORS.get(name)))
-        elif backend == "torch":
-            rng = _TorchRange(name)
+        if backend == "nvtx":  # the package's domain API, attributes (name, colour) built once per name
+            attrs = _domain.get_event_attributes(message=name, color=_COLORS.get(name))
+            rng = _Range(partial(_domain.push_range, attrs), _domain.pop_range, partial(_domain.mark, attrs))
+        elif backend == "torch":  # global domain: torch has no domain API
+            nv = torch.cuda.nvtx
+            rng = _Range(partial(nv.range_push, name), nv.range_pop, partial(nv.mark, name))
         else:
             rng = _NULL
         _cache[name] = rng

@@ -14,6 +14,7 @@ import sys
 import torch
 
 from sift_fast.errors import ConfigError
+from sift_fast.io import atomic_path
 
 _SPEC = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 
@@ -115,15 +116,10 @@ class ProfileWindow:
         prof.stop()
         suffix = "" if self.rank is None else f".rank{self.rank}"
         path = os.path.join(self.torch_trace_dir, f"trace_steps_{self._first}-{self._last}{suffix}.json")
-        tmp = f"{path}.tmp{os.getpid()}"
         try:
-            prof.export_chrome_trace(tmp)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                prof.export_chrome_trace(str(tmp))
         except (OSError, RuntimeError) as exc:  # a lost trace must not end the run
             print(f"warning: could not write torch trace {path}: {exc}", file=sys.stderr)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             return
         self.trace_path = path

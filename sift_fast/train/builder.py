@@ -47,10 +47,10 @@ def build_data(cfg: Config) -> DataBundle:
 
     d = cfg.data
     cache = default_cache_dir(cfg)
-    texts = read_documents(d.data, text_key=d.text_key) if d.vocab == "train" else None
+    texts = read_documents(d.corpus, text_key=d.text_key) if d.vocab == "train" else None
     vocab = load_tokenizer(d.vocab, train_texts=texts, vocab_size=d.vocab_size, cache_dir=cache / "tokenizers")
     corpus = build_corpus(
-        d.data, vocab, d.seq_len, valid_fraction=d.valid_fraction, max_valid_sequences=d.max_valid_sequences,
+        d.corpus, vocab, d.seq_len, valid_fraction=d.valid_fraction, max_valid_sequences=d.max_valid_sequences,
         cache_dir=cache / "corpora", text_key=d.text_key, max_train_tokens=d.max_train_tokens or None,
     )
     return DataBundle(vocab=vocab, train=corpus.train, valid=corpus.valid)

@@ -1,18 +1,21 @@
-"""The engine interface the step function drives, and its plain-PyTorch implementation.
+"""The engine interface the loop and the step function drive, and its plain-PyTorch implementation.
 
-A DeepSpeed engine (``sift_fast.distributed.deepspeed``) implements the same interface, so the step
-function is one piece of code for both.
+A DeepSpeed engine (``sift_fast.distributed.engine``) implements the same interface, so the loop and the
+step function are one piece of code for both: every hook they call is declared here.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
 from sift_fast.config import Config
 from sift_fast.models.hf import MLMEncoder, MLMOutput
+from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from sift_fast.train.optim import build_optimizer, build_scheduler
 
 
@@ -21,14 +24,33 @@ class Engine(Protocol):
     device: torch.device
     rank: int
     world_size: int
+    zero_stage: int  # DeepSpeed ZeRO stage; 0 for plain PyTorch
+    last_grad_norm: Any  # total gradient norm of the last update (before clipping), None when not measured
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
+    def scoring_context(self, exit_layer: int) -> contextlib.AbstractContextManager:
+        """Around the scoring pass (ZeRO-3: gathers exactly the exit's parameters)."""
+        ...
     def forward(self, batch, row_weight: torch.Tensor | None = None) -> MLMOutput: ...
     def backward(self, loss: torch.Tensor) -> None: ...
     def step(self) -> None: ...
     def lr(self) -> float: ...
     def state_dict(self) -> dict[str, Any]: ...
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def save_checkpoint(self, directory: Path, step: int, state: dict[str, Any], keep: int) -> Path | None:
+        """Write the trainer ``state`` (which holds ``state_dict()``) for ``step``; keep the newest ``keep``."""
+        ...
+    def load_checkpoint(self, directory: Path) -> tuple[dict[str, Any], Path] | None:
+        """The trainer state of the newest checkpoint in ``directory`` and its path; None when there is none."""
+        ...
+
+
+def zero_stage(source: Any) -> int:
+    """The ZeRO stage of an engine (its ``zero_stage``; 0 without one) or of a DeepSpeed config mapping."""
+    if isinstance(source, Mapping):
+        return int((source.get("zero_optimization") or {}).get("stage", 0) or 0)
+    stage = getattr(source, "zero_stage", 0)
+    return int(stage() if callable(stage) else stage or 0)
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -43,6 +65,7 @@ class TorchEngine:
 
     rank = 0
     world_size = 1
+    zero_stage = 0
 
     def __init__(self, model: MLMEncoder, cfg: Config, device: torch.device) -> None:
         self.module = model.to(device)
@@ -54,6 +77,9 @@ class TorchEngine:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_for(self.device, self.cfg.train.precision)
+
+    def scoring_context(self, exit_layer: int) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
 
     def forward(self, batch, row_weight: torch.Tensor | None = None) -> MLMOutput:
         with self.autocast():
@@ -90,3 +116,10 @@ class TorchEngine:
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def save_checkpoint(self, directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+        return save_checkpoint(Path(directory), step, state, keep)
+
+    def load_checkpoint(self, directory: Path) -> tuple[dict[str, Any], Path] | None:
+        path = latest_checkpoint(Path(directory))
+        return None if path is None else (load_checkpoint(path), path)

@@ -1,9 +1,10 @@
-"""The training loop: data → (score → select) → forward/backward → update; eval, metrics, checkpoints.
+"""The training loop: fetch → score (now, or already) → select → forward/backward → update → log; eval, checkpoints.
 
 Overlap modes (``train.overlap``) follow one rule — *the candidate batch of step t+1 is scored with
 the weights of step t, before step t's optimizer update* — executed either in order
-(``sequential-stale``, any device) or on a side CUDA stream during step t's backward (``on``, see
-``sift_fast.train.overlap``). ``off`` scores each batch at the start of its own step.
+(``sequential-stale``, any device) or on a side CUDA stream during step t's backward (``on``). Each
+mode is a small strategy object (``sift_fast.train.overlap``: ``Inline`` for ``off``, ``Stale``,
+``SideStream``) with three hooks the step calls: ``fetch``, ``before_forward``, ``after_backward``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import torch
 
 from sift_fast.config import Config
 from sift_fast.errors import ConfigError
+from sift_fast.io import atomic_write_json
 from sift_fast.selection import Selector
 from sift_fast.telemetry import NvmlSampler, ProfileWindow, StepTimer, memory_stats, parse_profile_steps
 from sift_fast.train.builder import DataBundle, build_data, resolve_device, seed_everything
-from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sift_fast.train.checkpoint import rng_state, set_rng_state
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
-from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, atomic_write_json, format_step_line
-from sift_fast.train.overlap import build_overlap, resolve_pending, resolve_scores
-from sift_fast.train.step import StepResult, compute_scores, sift_step, wants_scores
+from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, format_step_line
+from sift_fast.train.overlap import build_overlap, overlap_strategy, resolve_pending
+from sift_fast.train.step import StepResult, sift_step
 
 EngineFactory = Callable[[Any, Config, torch.device], Any]
 
@@ -135,64 +137,43 @@ class Trainer:
                 h.load_state_dict(state["hooks"][h.name])
 
     def save(self) -> None:
-        if hasattr(self.engine, "save_checkpoint"):  # DeepSpeed: collective, every rank writes its part
-            self.engine.save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(),
-                                        self.cfg.train.keep_checkpoints)
-        elif self.rank0:
-            save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+        """Checkpoint through the engine (DeepSpeed: collective, every rank writes its part)."""
+        self.engine.save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(),
+                                    self.cfg.train.max_checkpoints)
 
     def maybe_resume(self) -> bool:
-        if hasattr(self.engine, "load_checkpoint"):  # DeepSpeed: loads its part, returns (trainer state, path)
-            found = self.engine.load_checkpoint(self.out / "checkpoints")
-            if found is None:
-                return False
-            state, path = found
-        else:
-            path = latest_checkpoint(self.out / "checkpoints")
-            if path is None:
-                return False
-            state = load_checkpoint(path)
+        found = self.engine.load_checkpoint(self.out / "checkpoints")  # (trainer state, path) or None
+        if found is None:
+            return False
+        state, path = found
         self.load_state_dict(state)
         self.metrics.truncate_after(self.step)
         self.console.log(f"resumed from {path} at step {self.step}")
         return True
 
     # --- one step ---------------------------------------------------------------------------------
-    def next_batch(self):
-        """The host candidate batch of this step, and its stale scores when an overlap mode made them."""
-        if self.pending is not None:
-            batch, scores = self.pending
-            self.pending = None
-            return batch, resolve_scores(scores)  # overlap=on: waits for the side stream's scores
+    def fetch_batch(self):
+        """The loader's next host candidate batch (pinned on CUDA), timed as phase ``data``."""
         with self.timer.phase("data"):
             batch = self.loader.next_batch()
-            return (batch.pin_memory() if self.device.type == "cuda" else batch), None
+            return batch.pin_memory() if self.device.type == "cuda" else batch
 
-    def _score_next(self) -> None:
-        """Stale rule: fetch batch t+1 and score it with step t's weights (before the update)."""
-        with self.timer.phase("data"):
-            nxt = self.loader.next_batch()
-            nxt = nxt.pin_memory() if self.device.type == "cuda" else nxt
-        plan = self.selector.plan(self.step + 1)
-        scores = None
-        if wants_scores(plan, self.cfg.sift):
-            score = self.overlap_scorer.launch if self.overlap_scorer is not None else compute_scores
-            scores = score(self.engine, self.selector, self.cfg.sift, nxt, self.exit_layer, self.timer)
-        self.pending = (nxt, scores)
+    def next_batch(self):
+        """The host candidate batch of this step, and its stale scores when an overlap mode made them."""
+        return overlap_strategy(self.overlap, self.overlap_scorer).fetch(self)
 
     def train_step(self) -> StepResult:
+        """fetch (with the scores the previous step made, if any) → ``sift_step``: score → select → train."""
         probe = None
-        if self.adaptive is not None and self.adaptive.due(self.step):
+        if self.adaptive is not None and self.adaptive.due(self.step):  # adaptive keep: re-pick k, probe
             self.selector.dynamic_k = self.adaptive.update()
             probe = self.adaptive.noise
-        batch, scores = self.next_batch()
-        stale = self.overlap in ("sequential-stale", "on") and self.step + 1 < self.cfg.train.max_steps
-        side = self.overlap_scorer  # overlap=on: launch after selection, fence before the update
+        mode = overlap_strategy(self.overlap, self.overlap_scorer)
+        batch, scores = mode.fetch(self)
         return sift_step(
             self.engine, self.selector, batch, self.step, self.cfg.sift, self.timer, exit_layer=self.exit_layer,
             scores=scores, select_fn=self.select_fn, probe=probe,
-            before_forward=self._score_next if stale and side else None,
-            after_backward=(side.fence if side else self._score_next) if stale else None,
+            before_forward=lambda: mode.before_forward(self), after_backward=lambda: mode.after_backward(self),
         )
 
     # --- logging ----------------------------------------------------------------------------------

@@ -34,7 +34,6 @@ are not stream-safe), so ``on`` falls back to ``sequential-stale`` there with a 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Callable
 from typing import Any
@@ -42,14 +41,12 @@ from typing import Any
 import torch
 
 from sift_fast.config import SiftConfig
+from sift_fast.scoring import compute_scores, wants_scores
 from sift_fast.selection import Selector
-from sift_fast.train.step import criterion_for, score_candidates
+from sift_fast.train.engine import zero_stage
 
-
-def zero_stage(engine: Any) -> int:
-    """DeepSpeed ZeRO stage of an engine (``engine.zero_stage``); 0 for plain PyTorch."""
-    stage = getattr(engine, "zero_stage", 0)
-    return int(stage() if callable(stage) else stage or 0)
+__all__ = ["Inline", "OverlapScorer", "PendingScores", "SideStream", "Stale", "build_overlap", "overlap_strategy",
+           "resolve_pending", "resolve_scores", "zero_stage"]
 
 
 class PendingScores:
@@ -104,23 +101,17 @@ class OverlapScorer:
     def launch(self, engine, selector: Selector, cfg: SiftConfig, batch_host, exit_layer: int,
                timer) -> PendingScores:
         """Start scoring ``batch_host`` with the current weights; the result is valid after ``wait()``."""
-        positions = selector.score_subset(batch_host.masked_seq, cfg.score_tokens) if cfg.score_tokens else None
         if not self.cuda:
-            with timer.phase("score"):
-                scores = self._score(engine, cfg, batch_host, exit_layer, positions)
-            return PendingScores(scores.cpu())
+            return PendingScores(compute_scores(engine, selector, cfg, batch_host, exit_layer, timer))
         main = torch.cuda.current_stream(self.device)
         side = self.stream
         host = torch.empty(batch_host.size, dtype=torch.float32, pin_memory=True)
         start, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        if positions is not None:
-            positions = positions.pin_memory()
         side.wait_stream(main)  # θ_t is final: optimizer_{t-1} (and anything before) is ordered first
         with torch.cuda.stream(side):
-            start.record(side)
-            with timer.phase("score"):  # CUDA-event span on the side stream
-                scores = self._score(engine, cfg, batch_host, exit_layer, positions)
-                host.copy_(scores, non_blocking=True)
+            start.record(side)  # the "score" phase below is a CUDA-event span on the side stream
+            scores = compute_scores(engine, selector, cfg, batch_host, exit_layer, timer, to_host=False)
+            host.copy_(scores, non_blocking=True)
             done.record(side)
         self._inflight = _Launch(start, done)
         return PendingScores(host, done)
@@ -150,16 +141,6 @@ class OverlapScorer:
         self._timed.clear()
         return (span - exposed) / span if span > 0 else 0.0
 
-    def _score(self, engine, cfg: SiftConfig, batch_host, exit_layer: int,
-               positions: torch.Tensor | None) -> torch.Tensor:
-        cand = batch_host.to(engine.device, non_blocking=True)  # unpadded batches run maskless (no sync)
-        gather = getattr(engine, "scoring_context", None)  # DeepSpeed; a no-op below ZeRO-3 (never used here)
-        with gather(exit_layer) if gather is not None else contextlib.nullcontext():
-            return score_candidates(
-                engine.module, cand, exit_layer, criterion_for(cfg.selection), positions=positions, backend=cfg.backend,
-                autocast=engine.autocast(),
-            )
-
 
 def build_overlap(mode: str, engine: Any, device: torch.device,
                   log: Callable[[str], None]) -> tuple[str, OverlapScorer | None]:
@@ -170,3 +151,55 @@ def build_overlap(mode: str, engine: Any, device: torch.device,
         log("overlap: ZeRO-3 partitions the weights the side-stream scoring reads; using sequential-stale")
         return "sequential-stale", None
     return mode, OverlapScorer(device)
+
+
+# --- the three overlap modes, as the loop sees them -----------------------------------------------------
+class Inline:
+    """``off``: each step fetches its candidate batch and scores it at its own start (inside ``sift_step``)."""
+
+    def fetch(self, tr) -> tuple[Any, torch.Tensor | None]:
+        """This step's host batch and its scores when the previous step already made them (else None)."""
+        if tr.pending is not None:
+            (batch, scores), tr.pending = tr.pending, None
+            return batch, resolve_scores(scores)  # overlap=on: waits for the side stream's scores
+        return tr.fetch_batch(), None
+
+    def before_forward(self, tr) -> None:
+        """Between this step's selection and its forward."""
+
+    def after_backward(self, tr) -> None:
+        """Between this step's backward and its optimizer update."""
+
+
+class Stale(Inline):
+    """``sequential-stale``: after step t's backward, fetch batch t+1 and score it with θ_t, in order."""
+
+    def score_next(self, tr, score: Callable[..., Any]) -> None:
+        nxt = tr.fetch_batch()
+        scores = None
+        if wants_scores(tr.selector.plan(tr.step + 1), tr.cfg.sift):
+            scores = score(tr.engine, tr.selector, tr.cfg.sift, nxt, tr.exit_layer, tr.timer)
+        tr.pending = (nxt, scores)
+
+    def after_backward(self, tr) -> None:
+        if tr.step + 1 < tr.cfg.train.max_steps:
+            self.score_next(tr, compute_scores)
+
+
+class SideStream(Stale):
+    """``on``: launch the scoring of batch t+1 on the side stream before step t's forward; fence the update."""
+
+    def before_forward(self, tr) -> None:
+        if tr.step + 1 < tr.cfg.train.max_steps:
+            self.score_next(tr, tr.overlap_scorer.launch)
+
+    def after_backward(self, tr) -> None:
+        if tr.step + 1 < tr.cfg.train.max_steps:
+            tr.overlap_scorer.fence()
+
+
+def overlap_strategy(mode: str, scorer: OverlapScorer | None) -> Inline:
+    """The strategy of an effective overlap mode (``on`` needs its scorer; without one it runs in order)."""
+    if mode == "on" and scorer is not None:
+        return SideStream()
+    return Stale() if mode in ("sequential-stale", "on") else Inline()

@@ -28,7 +28,9 @@ from typing import Any
 import torch
 
 from sift_fast.models.hf import MLMEncoder, eval_mode
-from sift_fast.ops import segment_mean, select_topk, token_stats_torch
+from sift_fast.ops import select_topk
+from sift_fast.reference import segment_mean, token_stats
+from sift_fast.scoring import criterion_for
 
 
 def average_ranks(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +78,7 @@ def layer_scores(model: MLMEncoder, batch, autocast: contextlib.AbstractContextM
         for layer in model.layers:
             h = layer(h, attention_mask=mask)
             rows = model.head_transform(h.reshape(-1, h.shape[-1]).index_select(0, idx))
-            loss, ent = token_stats_torch(rows, weight, bias, tgt)
+            loss, ent = token_stats(rows, weight, bias, tgt)
             losses.append(segment_mean(loss, seq, valid, batch.size))
             ents.append(segment_mean(ent, seq, valid, batch.size))
     return torch.stack(losses).cpu(), torch.stack(ents).cpu()
@@ -139,10 +141,8 @@ class SelectionTelemetry:
         if trainer.step % self.every or res.batch is None:
             return
         cfg = trainer.cfg.sift
-        criterion = "loss" if cfg.selection in ("loss", "random") else "entropy"
-        k = res.plan.keep_count if res.plan.mode != "all" else cfg.backprop_size
-        if cfg.selection == "none":
-            k = max(1, min(cfg.candidates, round(cfg.keep * cfg.candidates)))
+        criterion = criterion_for(cfg.selection)
+        k = cfg.keep_size if res.plan.mode == "all" else res.plan.keep_count  # selection none: the would-be top-k
         kept = res.kept if res.plan.mode == "score" else None
         t0 = trainer.clock()
         batch = res.batch.to(trainer.device, non_blocking=True)
