@@ -144,3 +144,17 @@ def test_sample_rule_trains_and_logs(micro_cfg):
     tr = Trainer(micro_cfg(selection="entropy", selection_rule="sample", keep=0.5, max_steps=4))
     summary = tr.run()
     assert summary["steps"] == 4 and tr.backprop_samples == 4 * 4
+
+
+def test_entry_points_without_weighted_loss_refuse_the_sample_rule_and_adaptive_keep():
+    from sift_fast.config import SiftConfig
+    from sift_fast.megatron import SiftForwardStep
+
+    for kw, msg in (({"selection_rule": "sample"}, "selection_rule 'sample'"), ({"adaptive_keep": "noise"},
+                                                                                  "adaptive_keep")):
+        with pytest.raises(ConfigError, match=msg):
+            SiftForwardStep(lambda *a: None, SiftConfig(**kw))
+    with pytest.raises(ConfigError, match="not supported under DeepSpeed"):
+        from sift_fast.distributed.engine import DeepSpeedEngine
+
+        DeepSpeedEngine(None, build_config({"selection_rule": "sample"}), torch.device("cpu"), ds_config={})

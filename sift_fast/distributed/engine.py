@@ -106,6 +106,9 @@ class DeepSpeedEngine:
     """A DeepSpeed engine behind the Engine interface; ``module`` is the unwrapped :class:`MLMEncoder`."""
 
     def __init__(self, model: MLMEncoder, cfg: Config, device: torch.device, *, ds_config: dict[str, Any]) -> None:
+        if cfg.sift.selection_rule != "topk":
+            raise ConfigError("selection_rule 'sample' is not supported under DeepSpeed yet (its loss needs "
+                              "per-sample weights); use --selection-rule topk")
         import deepspeed
         import torch.distributed as dist
 
