@@ -21,7 +21,8 @@ def test_html_paragraphs_skip_pre_tables_and_scripts():
 
 
 def test_plain_paragraphs_drop_pod_commands_and_verbatim_blocks():
-    pod = f"=head1 NAME\n\n{PROSE[:80]}\n{PROSE[80:]}\n\n    my $x = 1;\n\nSee B<perlrun> for I<details> of the switches.\n"
+    pod = (f"=head1 NAME\n\n{PROSE[:80]}\n{PROSE[80:]}\n\n    my $x = 1;\n\n"
+           "See B<perlrun> for I<details> of the switches.\n")
     assert mpc.plain_paragraphs(pod) == [PROSE[:80] + " " + PROSE[80:], "See perlrun for details of the switches."]
 
 
