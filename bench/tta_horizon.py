@@ -8,6 +8,11 @@ last checkpoint when ``--budget-s`` grows):
 * ``repeated``    — proxy-12 on the bundled WikiText-2 slice (many passes, as BERT's ~40 epochs);
 * ``wide``        — proxy-12-wide (12 × 256) on the single-pass corpus: model size.
 
+These keep the LR at its peak after the warmup (``max_steps`` is far away): the learning rate per step
+is then the same for every arm, whatever its backprop batch. ``repeated-decay`` and
+``single-pass-decay`` decay it linearly to 0 over each run's budget (``--lr-horizon budget``), as a
+real run decays it over its horizon: what separates the LR-per-batch cause from the others.
+
 Arms: ``baseline``; ``entropy`` (fixed keep); ``random`` (pays for scoring); ``anneal`` (keep → 1 by the
 entropy arm's step count); ``lr`` (entropy with the peak LR × √keep, Adam's square-root rule for the
 smaller backprop batch); ``sample`` (importance-sampled selection, unbiased reweighting); ``noise``
@@ -52,6 +57,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "single-pass": {"corpus": str(PROSE), "preset": "proxy-12"},
     "repeated": {"corpus": "wiki", "preset": "proxy-12"},
     "wide": {"corpus": str(PROSE), "preset": "proxy-12-wide"},
+    # the same with the LR decayed linearly over each run's time budget (optim.lr_horizon=budget), as any
+    # real pretraining run decays it over its horizon; the configurations above keep it at its peak
+    "repeated-decay": {"corpus": "wiki", "preset": "proxy-12", "lr_horizon": "budget"},
+    "single-pass-decay": {"corpus": str(PROSE), "preset": "proxy-12", "lr_horizon": "budget"},
 }
 ARMS = ("baseline", "entropy", "random", "anneal", "lr", "sample", "noise")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -71,7 +80,8 @@ def _args_for(args: argparse.Namespace) -> argparse.Namespace:
 
 def base_for(name: str, args: argparse.Namespace):
     c = CONFIGS[name]
-    return base_config(_args_for(args), c["corpus"], c["preset"], args.candidates, args.keep)
+    base = base_config(_args_for(args), c["corpus"], c["preset"], args.candidates, args.keep)
+    return base.replace(lr_horizon=c["lr_horizon"]) if "lr_horizon" in c else base
 
 
 # --- running ----------------------------------------------------------------------------------------

@@ -191,6 +191,8 @@ class OptimConfig:
     eps: float = opt(1e-6, "Adam/LAMB epsilon")
     lr_warmup_steps: int = opt(100, "linear LR warmup steps")
     lr_decay: Literal["linear", "cosine", "constant"] = opt("linear", "LR decay after the warmup")
+    lr_horizon: Literal["steps", "budget"] = opt(
+        "steps", "what the LR decay spans: max_steps, or the time budget (time_budget_s on --clock)")
     min_lr_ratio: float = opt(0.0, "final LR as a fraction of the peak")
     grad_clip: float = opt(1.0, "gradient-norm clipping; 0 = off")
 
@@ -305,6 +307,9 @@ class Config:
         layers = self.model.num_layers
         if isinstance(self.sift.exit_layer, int) and not 1 <= self.sift.exit_layer <= layers:
             raise ConfigError(f"exit_layer must be in [1, {layers}] (num_layers); got {self.sift.exit_layer}")
+        if self.optim.lr_horizon == "budget" and not self.train.time_budget_s:
+            raise ConfigError("lr_horizon=budget decays the LR over the time budget; set --time-budget-s "
+                              "or use --lr-horizon steps")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -39,7 +39,7 @@ from sift_fast.io import atomic_torch_save, atomic_write_text
 from sift_fast.models.hf import MLMEncoder, MLMOutput
 from sift_fast.train.checkpoint import load_checkpoint
 from sift_fast.train.engine import zero_stage
-from sift_fast.train.optim import build_optimizer, build_scheduler, param_groups
+from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler, param_groups
 
 _TAG_PREFIX = "step_"
 
@@ -116,11 +116,12 @@ class DeepSpeedEngine:
         self.zero_stage = zero_stage(ds_config)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         client_opt = build_optimizer(model, cfg.optim, device) if cfg.optim.optimizer == "lamb" else None
+        self.lr_progress = LrProgress()
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=LossOutputs(model),
             optimizer=client_opt,
             model_parameters=None if client_opt is not None else param_groups(model, cfg.optim.weight_decay),
-            lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.train.max_steps),
+            lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.train.max_steps, self.lr_progress),
             config=ds_config,
         )
         self.module: MLMEncoder = self.ds.module.encoder

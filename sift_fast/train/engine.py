@@ -16,7 +16,7 @@ import torch
 from sift_fast.config import Config
 from sift_fast.models.hf import MLMEncoder, MLMOutput
 from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from sift_fast.train.optim import build_optimizer, build_scheduler
+from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler
 
 
 class Engine(Protocol):
@@ -26,6 +26,7 @@ class Engine(Protocol):
     world_size: int
     zero_stage: int  # DeepSpeed ZeRO stage; 0 for plain PyTorch
     last_grad_norm: Any  # total gradient norm of the last update (before clipping), None when not measured
+    lr_progress: LrProgress  # spent fraction of the time budget, set by the loop (optim.lr_horizon=budget)
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
     def scoring_context(self, exit_layer: int) -> contextlib.AbstractContextManager:
@@ -72,7 +73,8 @@ class TorchEngine:
         self.device = device
         self.cfg = cfg
         self.optimizer = build_optimizer(model, cfg.optim, device)
-        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps)
+        self.lr_progress = LrProgress()
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.train.max_steps, self.lr_progress)
         self.last_grad_norm: torch.Tensor | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager:

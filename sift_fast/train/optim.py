@@ -75,17 +75,36 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, **kwargs)
 
 
-def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
-    """Multiplier of the peak lr at ``step``: linear warmup, then linear / cosine / constant decay."""
+class LrProgress:
+    """Fraction of the time budget spent, set by the training loop before each step (``lr_horizon=budget``)."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+
+def lr_factor(step: int, cfg: OptimConfig, max_steps: int, progress: float | None = None) -> float:
+    """Multiplier of the peak lr at ``step``: linear warmup, then linear / cosine / constant decay.
+
+    The decay spans ``max_steps``, or, given ``progress`` (the spent fraction of a time budget), that
+    fraction: a time-budgeted run then ends its decay when its budget ends, whatever its step cost.
+    """
     if cfg.lr_warmup_steps and step < cfg.lr_warmup_steps:
         return (step + 1) / cfg.lr_warmup_steps
     if cfg.lr_decay == "constant":
         return 1.0
-    span = max(1, max_steps - cfg.lr_warmup_steps)
-    progress = min(1.0, (step - cfg.lr_warmup_steps) / span)
+    if progress is None:
+        span = max(1, max_steps - cfg.lr_warmup_steps)
+        progress = (step - cfg.lr_warmup_steps) / span
+    progress = min(1.0, max(0.0, progress))
     shape = 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg, max_steps))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int,
+                    progress: LrProgress | None = None):
+    """LambdaLR over :func:`lr_factor`; ``progress`` (``lr_horizon=budget``) replaces the step fraction."""
+    if cfg.lr_horizon == "budget" and progress is None:
+        raise ValueError("lr_horizon=budget needs the loop's LrProgress")
+    p = progress if cfg.lr_horizon == "budget" else None
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, cfg, max_steps, None if p is None else p.value))

@@ -1,0 +1,63 @@
+"""The LR schedule: warmup and decay by hand, and the decay over a time budget (``lr_horizon=budget``)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from sift_fast.config import OptimConfig
+from sift_fast.errors import ConfigError
+from sift_fast.train.loop import Trainer
+from sift_fast.train.optim import LrProgress, build_scheduler, lr_factor
+
+
+def test_lr_factor_by_hand():
+    lin = OptimConfig(lr_warmup_steps=4, lr_decay="linear", min_lr_ratio=0.1)
+    assert [lr_factor(s, lin, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(4, lin, 14) == pytest.approx(1.0)
+    assert lr_factor(9, lin, 14) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(14, lin, 14) == pytest.approx(0.1)
+    assert lr_factor(99, lin, 14) == pytest.approx(0.1)  # clamped past max_steps
+    cos = OptimConfig(lr_warmup_steps=0, lr_decay="cosine", min_lr_ratio=0.0)
+    assert lr_factor(5, cos, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    # progress replaces the step fraction after the warmup, clamped to [0, 1]
+    assert lr_factor(9, lin, 10**6, progress=0.25) == pytest.approx(0.1 + 0.9 * 0.75)
+    assert lr_factor(9, lin, 10**6, progress=1.7) == pytest.approx(0.1)
+    assert lr_factor(2, lin, 10**6, progress=0.9) == 0.75  # the warmup stays in steps
+
+
+def test_budget_scheduler_follows_progress():
+    w = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([w], lr=2.0)
+    cfg = OptimConfig(lr=2.0, lr_warmup_steps=0, lr_horizon="budget")
+    prog = LrProgress()
+    sched = build_scheduler(opt, cfg, max_steps=10**6, progress=prog)
+    for p in (0.1, 0.5, 0.9):
+        prog.value = p
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == pytest.approx(2.0 * (1 - p))
+    with pytest.raises(ValueError):
+        build_scheduler(opt, cfg, max_steps=10)
+
+
+def test_budget_horizon_needs_a_budget(micro_cfg):
+    with pytest.raises(ConfigError, match="time-budget-s"):
+        micro_cfg(lr_horizon="budget")
+
+
+def test_budget_decay_in_the_loop(micro_cfg):
+    """Each step's LR is the peak × (1 - spent budget fraction before the previous step's update)."""
+    cfg = micro_cfg(lr_horizon="budget", time_budget_s=3.0, max_steps=10**6, lr_warmup_steps=0, log_every=1,
+                    eval_every=10**6, checkpoint_every=0)
+    tr = Trainer(cfg)
+    ticks = iter(range(10**6))
+    tr.clock = lambda: 0.25 * next(ticks)  # every call advances 0.25 "s": one step = 0.25 s
+    tr.run()
+    steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines() if (r := json.loads(x))["type"] == "step"]
+    assert len(steps) == 12  # 3.0 s / 0.25 s
+    peak = cfg.optim.lr
+    # the LR logged at step i is the one that step i+1 uses: set after step i from progress i / 12
+    for r in steps:
+        assert r["lr"] == pytest.approx(peak * (1 - (r["step"] - 1) / 12), abs=1e-12)
