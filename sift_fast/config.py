@@ -228,6 +228,10 @@ class TrainConfig:
     num_threads: int = opt(0, "torch CPU threads; 0 = torch default")
     clock: Literal["wall", "process"] = opt(
         "wall", "wall / process (CPU time of this process: robust to other load on a shared CPU)")
+    nan_policy: Literal["skip", "halt"] = opt(
+        "halt", "a non-finite loss or gradient norm: the update is never applied; skip (count, log, go on) / "
+        "halt (checkpoint the last good state, exit 3); checked at the log flush")
+    max_bad_steps: int = opt(10, "this many consecutive non-finite steps halt even under nan_policy=skip")
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -237,6 +241,7 @@ class TrainConfig:
         _positive("log_every", self.log_every)
         _positive("max_checkpoints", self.max_checkpoints)
         _positive("nvml_every", self.nvml_every)
+        _positive("max_bad_steps", self.max_bad_steps)
         for name in ("checkpoint_every", "time_budget_s", "telemetry_every", "num_threads"):
             _positive(name, getattr(self, name), allow_zero=True)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -305,6 +310,13 @@ class Config:
         layers = self.model.num_layers
         if isinstance(self.sift.exit_layer, int) and not 1 <= self.sift.exit_layer <= layers:
             raise ConfigError(f"exit_layer must be in [1, {layers}] (num_layers); got {self.sift.exit_layer}")
+        steps, sift = self.train.max_steps, self.sift
+        if sift.selection != "none" and sift.selection_warmup_steps >= steps:
+            raise ConfigError(f"selection_warmup_steps ({sift.selection_warmup_steps}) >= max_steps ({steps}): the "
+                              "run would never select; lower --selection-warmup-steps or raise --max-steps")
+        if sift.anneal_until > steps:
+            warnings.warn(f"anneal_until ({sift.anneal_until}) is past max_steps ({steps}): keep never reaches 1.0",
+                          UserWarning, stacklevel=2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
