@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
+import os
 import typing
 import warnings
 from dataclasses import dataclass, field, fields
@@ -379,6 +381,27 @@ def _flatten(raw: dict[str, Any], owner: dict[str, str]) -> dict[str, Any]:
     return flat
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return {name: tp for cls in SECTIONS.values() for name, tp in typing.get_type_hints(cls).items()}
+
+
+def _check_type(key: str, value: Any, tp: Any) -> None:
+    """A config value of the wrong type (a string for a number …) is one line naming the key."""
+    if tp is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif tp is int:
+        ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+    elif tp is float:
+        ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    elif tp is str or literal_choices(tp) is not None:
+        ok, want = isinstance(value, (str, os.PathLike)), "a string"
+    else:  # int | Literal["auto"], tuple of floats: checked by their sections
+        return
+    if not ok:
+        raise ConfigError(f"config key {key!r} must be {want}; got {value!r}")
+
+
 def build_config(*layers: dict[str, Any] | None) -> Config:
     """Merge flat or nested mappings, later layers winning; a ``preset`` key selects the base preset."""
     preset, built = build_sections(*layers)
@@ -399,6 +422,7 @@ def build_sections(*layers: dict[str, Any] | None) -> tuple[str, dict[str, Any]]
     values = {**PRESETS[preset], **merged}
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in values.items():
+        _check_type(key, value, _field_types()[key])
         if key == "targets" and value is not None and not isinstance(value, (list, tuple)):
             raise ConfigError(f"targets must be a list of accuracies; got {value!r}")
         sections[owner[key]][key] = tuple(value) if key == "targets" else value

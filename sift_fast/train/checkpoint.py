@@ -16,6 +16,7 @@ import json
 import pickle
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +119,16 @@ def safe_load(path: Path) -> Any:
     A pickled global outside the allowlist raises :class:`CheckpointError`; other load errors propagate.
     """
     try:
-        with torch.serialization.safe_globals(_allowed_globals()):
+        with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Detected pickle protocol 4": a foreign pickle, refused below
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "Unsupported global" in msg or "not an allowed global" in msg or "Unsupported operand" in msg:
+        if re.search(r"GLOBAL|allowed global|Unsupported operand|blocked", msg):
             found = re.search(r"GLOBAL (\S+)", msg)
-            what = found.group(1) if found else "a non-allowlisted object"
-            raise CheckpointError(f"checkpoint {path} holds a pickled {what} (not plain tensors/containers): "
-                                  "refusing to load it, it could run code") from None
+            what = f"object {found.group(1)}" if found else "instruction the safe loader does not allow"
+            raise CheckpointError(f"checkpoint {path} holds a pickled {what} (not plain tensors and "
+                                  "containers): refusing to load it, it could run code") from None
         raise
 
 

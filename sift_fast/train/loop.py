@@ -128,8 +128,27 @@ class Trainer:
             "pending": resolve_pending(self.pending), "config": self.cfg.to_dict(),
             "hooks": {h.name: h.state_dict() for h in self.step_hooks if hasattr(h, "state_dict")},
             "adaptive": self.adaptive.state_dict() if self.adaptive is not None else None,
-            "bad_steps": {"run": self.bad_run, "total": self.bad_total},
+            "bad_steps": {"run": self.bad_run, "total": self.bad_total}, "last_eval": self.last_eval,
         }
+
+    # what a resumed run must share with its checkpoint (the rest, e.g. max_steps or lr, may change)
+    RESUME_MUST_MATCH = {"model": None, "sift": None,
+                         "data": ("corpus", "vocab", "vocab_size", "seq_len", "text_key", "valid_fraction",
+                                  "max_train_tokens", "mask_prob")}
+
+    def check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """A ``ConfigError`` line when the checkpoint's model, tokenizer or selection config differs from this run's."""
+        saved, mine = state.get("config") or {}, self.cfg.to_dict()
+        diffs = []
+        for section, keys in self.RESUME_MUST_MATCH.items():
+            a, b = saved.get(section) or {}, mine[section]
+            for k in keys or b:
+                if k in a and a[k] != b[k]:
+                    diffs.append(f"{k}={a[k]!r} (this run: {b[k]!r})")
+        if diffs:
+            raise ConfigError(f"--resume: checkpoint {path} was written with {', '.join(diffs[:4])}"
+                              f"{' …' if len(diffs) > 4 else ''}; resume with the same model, tokenizer and "
+                              "selection settings, or use a new --out")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.train_time = state["step"], state["train_time"]
@@ -140,6 +159,7 @@ class Trainer:
         self.selector.load_state_dict(state["selector"])
         self.ttt.load_state_dict(state["ttt"])
         self.pending = state["pending"]
+        self.last_eval = dict(state.get("last_eval") or {})
         bad = state.get("bad_steps") or {}
         self.bad_run, self.bad_total = int(bad.get("run", 0)), int(bad.get("total", 0))
         set_rng_state(state["rng"])
@@ -172,6 +192,7 @@ class Trainer:
             self.metrics.reset()
             return False
         state, path = found
+        self.check_resumable(state, path)
         self.load_state_dict(state)
         self.metrics.truncate_after(self.step)
         self.console.log(f"resumed from {path} at step {self.step}")
