@@ -491,3 +491,29 @@ def test_warmup_past_max_steps_warns(micro_cfg, capsys):
     assert any("anneal_until (50) is past max_steps (6)" in str(w.message) for w in caught)
     Trainer(micro_cfg(lr_warmup_steps=50, max_steps=1)).run()
     assert "lr_warmup_steps (50) is past max_steps (1)" in capsys.readouterr().err
+
+
+def test_deepspeed_checkpoint_reads_are_guarded(tmp_path):
+    """DeepSpeed's own loader (``torch.load(weights_only=False)``) is replaced on our engine: its plain types
+    load, a shard with pickled code is refused and does not run."""
+    pytest.importorskip("deepspeed")
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from sift_fast.distributed.engine import guard_deepspeed_loads
+    from sift_fast.train.checkpoint import CheckpointError
+
+    ds = SimpleNamespace(checkpoint_engine=SimpleNamespace(load=None))
+    guard_deepspeed_loads(ds)
+    good, evil, marker = tmp_path / "optim.pt", tmp_path / "evil.pt", tmp_path / "PWNED"
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.optimizer_states,
+                "state": {"exp_avg": torch.ones(3)}}, good)
+    loaded = ds.checkpoint_engine.load(str(good), map_location=torch.device("cpu"))
+    assert loaded["zero_stage"] is ZeroStageEnum.optimizer_states and torch.equal(loaded["state"]["exp_avg"],
+                                                                                  torch.ones(3))
+    torch.save({"optimizer_state_dict": Payload(marker)}, evil)
+    with pytest.raises(CheckpointError, match="posix.system"):
+        ds.checkpoint_engine.load(str(evil), map_location=None)
+    assert not marker.exists()

@@ -113,15 +113,15 @@ def verify_manifest(path: Path) -> str | None:
     return None
 
 
-def safe_load(path: Path) -> Any:
-    """``torch.load`` that never runs code: ``weights_only=True`` plus the allowlist; tensors onto the CPU.
+def safe_load(path: Path, map_location: Any = "cpu", extra: tuple = ()) -> Any:
+    """``torch.load`` that never runs code: ``weights_only=True`` plus the allowlist (and ``extra`` types).
 
     A pickled global outside the allowlist raises :class:`CheckpointError`; other load errors propagate.
     """
     try:
-        with torch.serialization.safe_globals(_allowed_globals()), warnings.catch_warnings():
+        with torch.serialization.safe_globals([*_allowed_globals(), *extra]), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "Detected pickle protocol 4": a foreign pickle, refused below
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         if re.search(r"GLOBAL|allowed global|Unsupported operand|blocked", msg):
