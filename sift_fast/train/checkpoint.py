@@ -34,6 +34,10 @@ class CheckpointError(UserError):
     """A checkpoint that must not be loaded (it carries pickled code) or none usable where one is needed."""
 
 
+class CorruptCheckpoint(Exception):
+    """A torn or corrupt checkpoint file (skipped in favour of the previous one)."""
+
+
 def _allowed_globals() -> list[Any]:
     """The non-tensor types a trainer checkpoint holds: numpy arrays (RNG state) and our ``Batch`` dataclass
     of tensors (the overlap modes' pending candidate batch). No callable that runs code on unpickling."""
@@ -148,10 +152,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "step" not in state:
         raise CheckpointError(f"checkpoint {path} is not a sift_fast trainer checkpoint (no 'step')")
     return state
-
-
-class CorruptCheckpoint(Exception):
-    """A torn or corrupt checkpoint file (skipped in favour of the previous one)."""
 
 
 def load_newest(directory: Path) -> tuple[dict[str, Any], Path] | None:
