@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import numbers
+import os
 import typing
 import warnings
 from dataclasses import dataclass, field, fields
@@ -230,6 +232,10 @@ class TrainConfig:
     num_threads: int = opt(0, "torch CPU threads; 0 = torch default")
     clock: Literal["wall", "process"] = opt(
         "wall", "wall / process (CPU time of this process: robust to other load on a shared CPU)")
+    nan_policy: Literal["skip", "halt"] = opt(
+        "halt", "a non-finite loss or gradient norm: the update is never applied; skip (count, log, go on) / "
+        "halt (checkpoint the last good state, exit 3); checked at the log flush")
+    max_bad_steps: int = opt(10, "this many consecutive non-finite steps halt even under nan_policy=skip")
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -239,6 +245,7 @@ class TrainConfig:
         _positive("log_every", self.log_every)
         _positive("max_checkpoints", self.max_checkpoints)
         _positive("nvml_every", self.nvml_every)
+        _positive("max_bad_steps", self.max_bad_steps)
         for name in ("checkpoint_every", "time_budget_s", "telemetry_every", "num_threads"):
             _positive(name, getattr(self, name), allow_zero=True)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -310,6 +317,13 @@ class Config:
         if self.optim.lr_horizon == "budget" and not self.train.time_budget_s:
             raise ConfigError("lr_horizon=budget decays the LR over the time budget; set --time-budget-s "
                               "or use --lr-horizon steps")
+        steps, sift = self.train.max_steps, self.sift
+        if sift.selection != "none" and sift.selection_warmup_steps >= steps:
+            raise ConfigError(f"selection_warmup_steps ({sift.selection_warmup_steps}) >= max_steps ({steps}): the "
+                              "run would never select; lower --selection-warmup-steps or raise --max-steps")
+        if sift.anneal_until > steps:
+            warnings.warn(f"anneal_until ({sift.anneal_until}) is past max_steps ({steps}): keep never reaches 1.0",
+                          UserWarning, stacklevel=2)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -372,6 +386,27 @@ def _flatten(raw: dict[str, Any], owner: dict[str, str]) -> dict[str, Any]:
     return flat
 
 
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return {name: tp for cls in SECTIONS.values() for name, tp in typing.get_type_hints(cls).items()}
+
+
+def _check_type(key: str, value: Any, tp: Any) -> None:
+    """A config value of the wrong type (a string for a number …) is one line naming the key."""
+    if tp is bool:
+        ok, want = isinstance(value, bool), "true or false"
+    elif tp is int:
+        ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "an integer"
+    elif tp is float:
+        ok, want = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    elif tp is str or literal_choices(tp) is not None:
+        ok, want = isinstance(value, (str, os.PathLike)), "a string"
+    else:  # int | Literal["auto"], tuple of floats: checked by their sections
+        return
+    if not ok:
+        raise ConfigError(f"config key {key!r} must be {want}; got {value!r}")
+
+
 def build_config(*layers: dict[str, Any] | None) -> Config:
     """Merge flat or nested mappings, later layers winning; a ``preset`` key selects the base preset."""
     preset, built = build_sections(*layers)
@@ -392,6 +427,7 @@ def build_sections(*layers: dict[str, Any] | None) -> tuple[str, dict[str, Any]]
     values = {**PRESETS[preset], **merged}
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in values.items():
+        _check_type(key, value, _field_types()[key])
         if key == "targets" and value is not None and not isinstance(value, (list, tuple)):
             raise ConfigError(f"targets must be a list of accuracies; got {value!r}")
         sections[owner[key]][key] = tuple(value) if key == "targets" else value

@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A corpus, tokenizer or vocab that cannot be used."""
+
+
+class TrainingHalted(Exception):
+    """Training stopped on non-finite losses or gradients (``--nan-policy``): one line, exit code 3."""

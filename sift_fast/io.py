@@ -116,6 +116,27 @@ def atomic_copy(src: str | Path, dest: str | Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def check_writable_dir(path: str | Path, what: str) -> None:
+    """Create ``path`` if needed and check a file can be written there; a ``ConfigError`` line naming ``what``."""
+    from sift_fast.errors import ConfigError
+
+    path = Path(path).absolute()
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    if any(p.exists() and not p.is_dir() for p in (path, *path.parents)):
+        raise ConfigError(f"{what} {path}: a parent is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} is not writable: {exc.strerror or exc}") from None
+    finally:  # leave nothing behind: the run creates the directory when it first writes
+        for p in created:
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
 def read_utf8(path: str | Path, what: str, expected: str = "text") -> str:
     """The UTF-8 text of ``path`` (a ``what``: corpus, vocab file); a ``DataError`` if unreadable, binary, not UTF-8."""
     path = Path(path)

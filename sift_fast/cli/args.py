@@ -16,7 +16,7 @@ from dataclasses import MISSING, fields
 from typing import Any, NoReturn
 
 from sift_fast.config import DEPRECATED, PRESETS, SECTIONS, Config, build_config, literal_choices, load_config_file
-from sift_fast.errors import ConfigError, UserError
+from sift_fast.errors import ConfigError, TrainingHalted, UserError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -140,6 +140,9 @@ def run_cli(prog: str, main_fn, argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingHalted as exc:
+        print(f"{prog}: halted: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130

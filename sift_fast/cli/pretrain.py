@@ -40,7 +40,7 @@ def _main(argv: list[str] | None) -> int:
         from sift_fast.train.loop import train
 
         summary = train(cfg)
-    if summary:
+    if summary and not summary.get("stopped_by"):
         final = summary.get("final_eval") or {}
         print(f"done: {summary['steps']} steps, {summary['train_time_s']:.1f}s, "
               f"val_mlm_acc {final.get('val_mlm_acc', float('nan')):.4f}, out {cfg.train.out}", file=sys.stderr)

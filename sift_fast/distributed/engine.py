@@ -37,11 +37,28 @@ from sift_fast.config import Config
 from sift_fast.errors import ConfigError
 from sift_fast.io import atomic_torch_save, atomic_write_text
 from sift_fast.models.hf import MLMEncoder, MLMOutput
-from sift_fast.train.checkpoint import load_checkpoint
+from sift_fast.train.checkpoint import load_checkpoint, safe_load
 from sift_fast.train.engine import zero_stage
 from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler, param_groups
 
 _TAG_PREFIX = "step_"
+
+
+def guard_deepspeed_loads(ds: Any) -> None:
+    """Make DeepSpeed's own checkpoint reads code-free: its ``TorchCheckpointEngine.load`` (model states, ZeRO
+    optimizer shards, via ``SDLoaderFactory`` too) calls ``torch.load(weights_only=False)``; on this engine it
+    becomes :func:`safe_load` with the three plain DeepSpeed types its files hold (loss scaler, ZeRO stage
+    enum, tensor fragment address). A shard with any other pickled global is refused with one line."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    extra = (LossScaler, ZeroStageEnum, fragment_address)
+
+    def load(path: str, map_location: Any = None) -> Any:
+        return safe_load(Path(path), map_location=map_location, extra=extra)
+
+    ds.checkpoint_engine.load = load
 
 
 class LossOutputs(nn.Module):
@@ -224,6 +241,7 @@ class DeepSpeedEngine:
                               f"{self.rank} of {self.world_size}: resume needs the same world size")
         state = load_checkpoint(mine)
         self.check_resumable(state["engine"])
+        guard_deepspeed_loads(self.ds)
         path, _ = self.ds.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
         if path is None:

@@ -34,6 +34,27 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def device_memory_bytes(device: torch.device) -> int:
+    """Total memory of ``device`` (CUDA: the GPU's; CPU: physical RAM); 0 when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits_memory(cfg: Config, device: torch.device) -> None:
+    """Refuse a ``seq_len`` whose attention alone cannot fit: one layer's [B, heads, S, S] fp32 attention
+    matrix of a candidate batch (a lower bound of the step's memory) larger than the device's memory."""
+    need = cfg.sift.candidates * cfg.model.num_heads * cfg.data.seq_len ** 2 * 4
+    have = device_memory_bytes(device)
+    if have and need > have:
+        raise ConfigError(f"--seq-len {cfg.data.seq_len}: one attention matrix of a {cfg.sift.candidates}-candidate "
+                          f"batch needs {need / 2**30:.0f} GiB, more than the {have / 2**30:.0f} GiB of {device}; "
+                          "lower --seq-len or --candidates")
+
+
 @dataclass
 class DataBundle:
     vocab: object  # sift_fast.data.Vocab

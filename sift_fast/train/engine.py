@@ -15,7 +15,7 @@ import torch
 
 from sift_fast.config import Config
 from sift_fast.models.hf import MLMEncoder, MLMOutput
-from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from sift_fast.train.checkpoint import load_newest, save_checkpoint
 from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler
 
 
@@ -97,10 +97,27 @@ class TorchEngine:
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
+    guards_updates = True  # a non-finite gradient norm never reaches the weights (see :meth:`step`)
+
     def step(self) -> None:
-        if self.cfg.optim.grad_clip > 0:
-            self.last_grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.optim.grad_clip)
-        self.optimizer.step()
+        """Clip, then update unless the gradient norm is non-finite (``last_update_ok``), then the LR schedule.
+
+        The guard adds no host sync on CUDA: fused AdamW takes it as ``found_inf`` on the device; on the CPU
+        the check is a plain read. (LAMB on CUDA reads it on the host: one sync per step.)
+        """
+        clip = self.cfg.optim.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip if clip > 0 else float("inf"))
+        if clip > 0:
+            self.last_grad_norm = norm
+        ok = torch.isfinite(norm)
+        self.last_update_ok = ok
+        fused = self.device.type == "cuda" and isinstance(self.optimizer, torch.optim.AdamW)
+        if fused:
+            self.optimizer.found_inf = (~ok).to(torch.float32)
+            self.optimizer.step()
+            del self.optimizer.found_inf
+        elif bool(ok):
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -123,5 +140,4 @@ class TorchEngine:
         return save_checkpoint(Path(directory), step, state, keep)
 
     def load_checkpoint(self, directory: Path) -> tuple[dict[str, Any], Path] | None:
-        path = latest_checkpoint(Path(directory))
-        return None if path is None else (load_checkpoint(path), path)
+        return load_newest(Path(directory))

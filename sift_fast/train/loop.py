@@ -9,7 +9,11 @@ mode is a small strategy object (``sift_fast.train.overlap``: ``Inline`` for ``o
 
 from __future__ import annotations
 
+import math
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +22,12 @@ from typing import Any
 import torch
 
 from sift_fast.config import Config
-from sift_fast.errors import ConfigError
-from sift_fast.io import atomic_write_json
+from sift_fast.errors import ConfigError, TrainingHalted, UserError
+from sift_fast.faults import fault_point
+from sift_fast.io import atomic_write_json, check_writable_dir
 from sift_fast.selection import Selector
 from sift_fast.telemetry import NvmlSampler, ProfileWindow, StepTimer, memory_stats, parse_profile_steps
-from sift_fast.train.builder import DataBundle, build_data, resolve_device, seed_everything
+from sift_fast.train.builder import DataBundle, build_data, check_fits_memory, resolve_device, seed_everything
 from sift_fast.train.checkpoint import rng_state, set_rng_state
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
@@ -53,9 +58,12 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.train.out)
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            check_writable_dir(self.out, "--out")
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = device or resolve_device(cfg.train.device)
+        check_fits_memory(cfg, self.device)
         seed_everything(cfg.train.seed)
         self.data = data or build_data(cfg)
         vocab = self.data.vocab
@@ -106,6 +114,9 @@ class Trainer:
         self.backprop_samples = 0
         self.pending: tuple[Any, torch.Tensor | None] | None = None  # (next host batch, its stale scores)
         self.last_eval: dict[str, float] = {}
+        self.bad_run = 0  # consecutive steps with a non-finite loss or gradient norm (update not applied)
+        self.bad_total = 0
+        self.stop_signal: int | None = None  # SIGTERM / SIGINT received: checkpoint after this step, exit 0
 
     # --- checkpoint -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -117,7 +128,27 @@ class Trainer:
             "pending": resolve_pending(self.pending), "config": self.cfg.to_dict(),
             "hooks": {h.name: h.state_dict() for h in self.step_hooks if hasattr(h, "state_dict")},
             "adaptive": self.adaptive.state_dict() if self.adaptive is not None else None,
+            "bad_steps": {"run": self.bad_run, "total": self.bad_total}, "last_eval": self.last_eval,
         }
+
+    # what a resumed run must share with its checkpoint (the rest, e.g. max_steps or lr, may change)
+    RESUME_MUST_MATCH = {"model": None, "sift": None,
+                         "data": ("corpus", "vocab", "vocab_size", "seq_len", "text_key", "valid_fraction",
+                                  "max_train_tokens", "mask_prob")}
+
+    def check_resumable(self, state: dict[str, Any], path: Path) -> None:
+        """A ``ConfigError`` line when the checkpoint's model, tokenizer or selection config differs from this run's."""
+        saved, mine = state.get("config") or {}, self.cfg.to_dict()
+        diffs = []
+        for section, keys in self.RESUME_MUST_MATCH.items():
+            a, b = saved.get(section) or {}, mine[section]
+            for k in keys or b:
+                if k in a and a[k] != b[k]:
+                    diffs.append(f"{k}={a[k]!r} (this run: {b[k]!r})")
+        if diffs:
+            raise ConfigError(f"--resume: checkpoint {path} was written with {', '.join(diffs[:4])}"
+                              f"{' …' if len(diffs) > 4 else ''}; resume with the same model, tokenizer and "
+                              "selection settings, or use a new --out")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.train_time = state["step"], state["train_time"]
@@ -128,6 +159,9 @@ class Trainer:
         self.selector.load_state_dict(state["selector"])
         self.ttt.load_state_dict(state["ttt"])
         self.pending = state["pending"]
+        self.last_eval = dict(state.get("last_eval") or {})
+        bad = state.get("bad_steps") or {}
+        self.bad_run, self.bad_total = int(bad.get("run", 0)), int(bad.get("total", 0))
         set_rng_state(state["rng"])
         if self.adaptive is not None and state.get("adaptive"):
             self.adaptive.load_state_dict(state["adaptive"])
@@ -136,16 +170,29 @@ class Trainer:
             if hasattr(h, "load_state_dict") and h.name in state.get("hooks", {}):
                 h.load_state_dict(state["hooks"][h.name])
 
-    def save(self) -> None:
-        """Checkpoint through the engine (DeepSpeed: collective, every rank writes its part)."""
-        self.engine.save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(),
-                                    self.cfg.train.max_checkpoints)
+    def save(self) -> Path | None:
+        """Checkpoint through the engine (DeepSpeed: collective, every rank writes its part).
+
+        The metrics of every step up to this one are on disk first (fsynced), so a resume from this
+        checkpoint, which truncates metrics.jsonl to its step, loses no line. A failed write (a full disk)
+        is one line; the previous checkpoint stays intact.
+        """
+        self.metrics.flush(durable=True)
+        try:
+            return self.engine.save_checkpoint(self.out / "checkpoints", self.step, self.state_dict(),
+                                               self.cfg.train.max_checkpoints)
+        except OSError as exc:
+            raise UserError(f"cannot write the step-{self.step} checkpoint into {self.out / 'checkpoints'}: "
+                            f"{exc.strerror or exc} (earlier checkpoints are intact)") from None
 
     def maybe_resume(self) -> bool:
         found = self.engine.load_checkpoint(self.out / "checkpoints")  # (trainer state, path) or None
         if found is None:
+            self.console.log(f"warning: --resume: no checkpoint in {self.out / 'checkpoints'}; starting from step 0")
+            self.metrics.reset()
             return False
         state, path = found
+        self.check_resumable(state, path)
         self.load_state_dict(state)
         self.metrics.truncate_after(self.step)
         self.console.log(f"resumed from {path} at step {self.step}")
@@ -210,6 +257,7 @@ class Trainer:
     def run_eval(self) -> dict[str, Any]:
         with self.timer.phase("eval"):
             res = evaluate(self.engine.module, self.val_batches, self.device, self.engine.autocast())
+        fault_point("eval")
         rec = {"type": "eval", "step": self.step, "wall_s": self.train_time, "samples": self.samples,
                "backprop_samples": self.backprop_samples, **res}
         self.last_eval = rec
@@ -226,18 +274,22 @@ class Trainer:
         tc = self.cfg.train
         if tc.resume:
             self.maybe_resume()
-        elif self.rank0 and (self.out / "metrics.jsonl").exists():
-            (self.out / "metrics.jsonl").unlink()
+        else:
+            self.metrics.reset()
         if self.rank0:
             atomic_write_json(self.out / "config.json", self.cfg.to_dict())
+            if self.cfg.optim.lr_warmup_steps > tc.max_steps:
+                self.console.log(f"warning: lr_warmup_steps ({self.cfg.optim.lr_warmup_steps}) is past max_steps "
+                                 f"({tc.max_steps}): the learning rate never reaches its peak")
         profile = ProfileWindow(parse_profile_steps(tc.profile_steps or None),
                                 torch_trace_dir=str(self.out / "traces") if tc.torch_profiler else None)
         nvml = NvmlSampler(self.device.index or 0) if self.device.type == "cuda" else None
         if nvml is not None:
             nvml.start()
-        buffered: list[tuple[StepResult, float]] = []
+        buffered: list[tuple[StepResult, float, Any]] = []
         if self.step == 0:
             self.run_eval()
+        restore = self._install_signal_handlers()
         try:
             while self.step < tc.max_steps:
                 if tc.time_budget_s and self.train_time >= tc.time_budget_s:
@@ -255,8 +307,9 @@ class Trainer:
                 self.train_time += dt
                 self.samples += res.num_candidates * self.engine.world_size  # global counts
                 self.backprop_samples += int(res.kept.numel()) * self.engine.world_size
-                buffered.append((res, dt))
+                buffered.append((res, dt, getattr(self.engine, "last_update_ok", None)))
                 self.step += 1
+                fault_point("step")
                 for hook in self.step_hooks:
                     hook(self, res)
                 last = self.step >= tc.max_steps
@@ -266,41 +319,111 @@ class Trainer:
                 if self.step % tc.eval_every == 0 or last:
                     self.run_eval()
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    if buffered:
+                        self._flush(buffered, nvml)
+                        buffered = []
                     self.save()
                 self.console.progress(self.step, tc.max_steps, None)
+                if self.stop_signal is not None:
+                    break
             if buffered:
                 self._flush(buffered, nvml)
-            if not self.last_eval or self.last_eval["step"] != self.step:
+            if self.stop_signal is None and (not self.last_eval or self.last_eval["step"] != self.step):
                 self.run_eval()
-            self.save()
+            path = self.save()
         finally:
+            restore()
             profile.close()
             if nvml is not None:
                 nvml.stop()
             self.metrics.close()
         summary = self.summary()
+        if self.stop_signal is not None:
+            name = signal.Signals(self.stop_signal).name
+            summary["stopped_by"] = name
+            self.console.log(f"stopped by {name} after step {self.step}; checkpoint {path}; to continue, run the "
+                             "same command with --resume")
         if self.rank0:
             atomic_write_json(self.out / "summary.json", summary)
         return summary
 
-    def _flush(self, buffered: list[tuple[StepResult, float]], nvml) -> None:
-        losses = torch.stack([r.loss.float() for r, _ in buffered]).cpu().tolist()
+    # --- preemption -------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM / SIGINT: finish the step, checkpoint, exit 0; a second one exits at once (single process).
+
+        Under DeepSpeed the ranks could stop at different steps (a collective checkpoint would hang), so
+        there the default handlers stay and a resume starts from the last periodic checkpoint.
+        """
+        if self.engine.world_size > 1 or threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self.stop_signal is not None:  # second signal: every write is atomic, so leaving now is safe
+                os.write(2, f"{name} again: exiting now; the last complete checkpoint stays valid\n".encode())
+                os._exit(128 + signum)
+            self.stop_signal = signum
+            os.write(2, f"{name}: finishing step {self.step + 1}, then writing a checkpoint "
+                        f"(send it again to exit at once)\n".encode())
+
+        saved = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+        def restore() -> None:
+            for s, h in saved.items():
+                signal.signal(s, h)
+
+        return restore
+
+    def _flush(self, buffered: list[tuple[StepResult, float, Any]], nvml) -> None:
+        # one host transfer for the window: losses and the update guards (no extra per-step sync)
+        oks = [torch.as_tensor(True if ok is None else ok, device=r.loss.device).float() for r, _, ok in buffered]
+        losses, oks = torch.stack([torch.stack([r.loss.float() for r, _, _ in buffered]), torch.stack(oks)]).cpu()
+        losses, oks = losses.tolist(), [bool(x) for x in oks.tolist()]
         phases = self.timer.results()
         first = self.step - len(buffered)
-        wall = self.train_time - sum(dt for _, dt in buffered)
+        wall = self.train_time - sum(dt for _, dt, _ in buffered)
         score = {"score_time_s": phases.get("score", 0.0) / len(buffered),  # mean per step of this window
                  "score_hidden_share": self.overlap_scorer.hidden_share() if self.overlap_scorer else 0.0}
-        for i, ((res, dt), loss) in enumerate(zip(buffered, losses)):
+        bad_steps = []
+        for i, ((res, dt, _), loss, ok) in enumerate(zip(buffered, losses, oks)):
             wall += dt
             rec = self._step_record(first + i + 1, res, loss, dt, phases)
             rec["wall_s"] = wall
             rec.update(score)
+            if not ok or not math.isfinite(loss):
+                rec["nonfinite"] = True
+                rec["update_applied"] = False if getattr(self.engine, "guards_updates", False) else None
+                bad_steps.append(first + i + 1)
+                self.bad_run += 1
+                self.bad_total += 1
+            else:
+                self.bad_run = 0
             self.metrics.write(rec)
+            if i == len(buffered) // 2:
+                fault_point("metrics-flush")
         due = self.step // self.cfg.train.nvml_every > (self.step - len(buffered)) // self.cfg.train.nvml_every
         if nvml is not None and due and (s := nvml.summary()):
             self.metrics.write({"type": "nvml", "step": self.step, **s})
         self.metrics.flush()
         self.console.log(format_step_line(rec, self.cfg.train.max_steps))
+        if bad_steps:
+            self._nonfinite(bad_steps)
+
+    def _nonfinite(self, bad_steps: list[int]) -> None:
+        """Apply ``--nan-policy`` to the non-finite steps of a flushed window."""
+        tc = self.cfg.train
+        where = f"non-finite loss or gradient norm at step(s) {', '.join(map(str, bad_steps))}"
+        if tc.nan_policy == "skip" and self.bad_run < tc.max_bad_steps:
+            self.console.log(f"warning: {where}: update skipped ({self.bad_total} skipped so far)")
+            return
+        why = (f"{self.bad_run} consecutive (--max-bad-steps {tc.max_bad_steps})" if tc.nan_policy == "skip"
+               else "--nan-policy halt")
+        if getattr(self.engine, "guards_updates", False):  # the weights never took a non-finite update
+            path = self.save()
+            raise TrainingHalted(f"{where} ({why}); last good state checkpointed at {path}; inspect the data or "
+                                 "lower --lr, then continue with --resume")
+        raise TrainingHalted(f"{where} ({why}); no checkpoint written (this engine cannot hold the update "
+                             "back); the last periodic checkpoint is the last good state")
 
     def summary(self) -> dict[str, Any]:
         return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,11 +19,26 @@ class MetricsWriter:
         self._file: TextIO | None = None
 
     def truncate_after(self, step: int) -> None:
-        """On resume: drop records of steps after the checkpoint (they will be written again)."""
+        """On resume: drop records of steps after the checkpoint (they will be written again).
+
+        A torn last line (the process was killed inside a write) is dropped too.
+        """
         if not self.enabled or not self.path.exists():
             return
-        kept = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        kept = []
+        for ln in self.path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and rec.get("step", 0) <= step:
+                kept.append(ln)
         atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+    def reset(self) -> None:
+        """A fresh run: no earlier records."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -32,9 +48,12 @@ class MetricsWriter:
             self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = False) -> None:
+        """Hand the records to the OS (survives a killed process); ``durable``: fsync (survives power loss)."""
         if self._file is not None:
             self._file.flush()
+            if durable:
+                os.fsync(self._file.fileno())
 
     def close(self) -> None:
         if self._file is not None:

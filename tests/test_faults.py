@@ -1,0 +1,519 @@
+"""Reliability: kill -9 anywhere and resume loses nothing; checkpoints never run code; torn checkpoints are
+skipped; SIGTERM checkpoints and exits 0; non-finite steps are never applied; bad inputs are one line, exit 2.
+
+The reference for every resume is an uninterrupted run of the same command (CPU, one thread, deterministic):
+the killed-and-resumed run must write the same metrics lines (timing fields aside) and end with bitwise the
+same weights, optimizer, selector and data-loader state.
+"""
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sift_fast.cli.args import run_cli
+from sift_fast.cli.pretrain import _main as pretrain_main
+from sift_fast.errors import TrainingHalted
+from sift_fast.train.checkpoint import list_checkpoints, load_checkpoint
+from sift_fast.train.loop import Trainer
+
+TIMING = re.compile(r"(_s$|share|^mem)")  # wall-clock fields: the only ones allowed to differ
+MAX_STEPS = 40  # room for every interruption below (each moves the last checkpoint <= 6 steps)
+
+
+def trainer_argv(corpus, out):
+    return ["--preset", "micro", "--data", corpus["data"], "--cache-dir", corpus["cache_dir"], "--out", str(out),
+            "--max-steps", str(MAX_STEPS), "--checkpoint-every", "3", "--eval-every", "4", "--log-every", "5",
+            "--max-checkpoints", "2", "--selection", "entropy", "--overlap", "sequential-stale", "--dropout", "0.1",
+            "--device", "cpu", "--num-threads", "1", "--seed", "3"]
+
+
+def launch(corpus, out, fault=None, resume=False, timeout=180):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SIFT_FAULT_POINT", None)
+    if fault:
+        env["SIFT_FAULT_POINT"] = fault
+    argv = [sys.executable, "-m", "sift_fast.pretrain", *trainer_argv(corpus, out)] + (["--resume"] if resume else [])
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def records(out):
+    """metrics.jsonl without the wall-clock fields, one dict per line, in file order."""
+    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(ln).items() if not TIMING.search(k)} for ln in lines]
+
+
+def final_state(out):
+    state = load_checkpoint(list_checkpoints(Path(out) / "checkpoints")[-1][1])
+    return {k: state[k] for k in ("step", "samples", "backprop_samples", "engine", "loader", "selector", "rng")}
+
+
+def assert_same_tree(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_tree(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    elif hasattr(a, "shape"):  # numpy
+        assert (a == b).all(), where
+    else:
+        assert a == b, where
+
+
+@pytest.fixture(scope="module")
+def reference(small_corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    proc = launch(small_corpus, out)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return {"records": records(out), "state": final_state(out)}
+
+
+def assert_matches_reference(out, reference):
+    got = records(out)
+    steps = [r["step"] for r in got if r["type"] == "step"]
+    assert steps == list(range(1, MAX_STEPS + 1))  # every step exactly once, in order
+    assert len(got) == len(reference["records"])
+    for i, (a, b) in enumerate(zip(reference["records"], got)):
+        assert a == b, f"line {i + 1}: {a} != {b}"
+    assert_same_tree(reference["state"], final_state(out))
+
+
+# (point, highest hit count): a kill lands after the n-th pass of the point (see sift_fast/faults.py)
+POINTS = [("step", 4), ("eval", 2), ("checkpoint-write", 2), ("checkpoint-manifest", 2), ("metrics-flush", 2)]
+
+
+def latest_step(out):
+    found = list_checkpoints(Path(out) / "checkpoints")
+    return found[-1][0] if found else 0
+
+
+def test_interruptions_anywhere_then_resume_matches_uninterrupted(small_corpus, reference, tmp_path):
+    """One run through every interruption (one test, to launch few processes): SIGTERM (checkpoint, exit 0),
+    SIGINT twice (the second inside the checkpoint write: exit at once), SIGKILL at six seeded points (each
+    kind once, one inside the checkpoint write), SIGKILL at a seeded random time; then resume to the end."""
+    out, rng = tmp_path / "run", random.Random(0)
+    proc = launch(small_corpus, out, fault="step:5:TERM")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "stopped by SIGTERM after step 5" in last and "--resume" in last, last
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3, 5]
+
+    proc = launch(small_corpus, out, resume=True, fault="step:1:INT,checkpoint-write:1:INT")
+    assert proc.returncode == 128 + signal.SIGINT, proc.stderr[-2000:]
+    assert "SIGINT again: exiting now" in proc.stderr and "Traceback" not in proc.stderr
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [3, 5]  # step 6 never half-written
+
+    plan = POINTS + [rng.choice(POINTS)]
+    rng.shuffle(plan)
+    tried = []
+    for point, hi in plan:
+        fault = f"{point}:{rng.randint(1, hi) if MAX_STEPS - latest_step(out) > 10 else 1}"
+        proc = launch(small_corpus, out, fault=fault, resume=True)
+        assert proc.returncode == -signal.SIGKILL, (fault, proc.returncode, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
+        tried.append(f"{fault} (newest checkpoint after it: step {latest_step(out)})")
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SIFT_FAULT_POINT", None)
+    argv = [sys.executable, "-m", "sift_fast.pretrain", *trainer_argv(small_corpus, out), "--resume"]
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    delay = rng.uniform(4.0, 12.0)  # lands in start-up, training, an eval or a write: wherever the run is
+    try:
+        p.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        p.send_signal(signal.SIGKILL)
+    p.communicate(timeout=60)
+    tried.append(f"random time {delay:.1f}s (rc {p.returncode})")
+
+    proc = launch(small_corpus, out, resume=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "resumed from" in proc.stderr
+    assert_matches_reference(out, reference)
+    assert not list((out / "checkpoints").glob(".*tmp*")), "a killed write's temp file survived the resume"
+    print("interruptions:", tried)
+
+
+# --- checkpoint files: torn, corrupt, malicious ----------------------------------------------------
+
+
+def run_cli_capture(argv, capsys):
+    """``sift-pretrain ARGV`` in this process: its exit code and its stderr lines."""
+    try:
+        code = run_cli("sift-pretrain", pretrain_main, argv)
+    except SystemExit as exc:  # argparse errors exit from inside the parser
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture(scope="module")
+def _two_checkpoints(small_corpus, tmp_path_factory):
+    from sift_fast.config import build_config
+
+    out = tmp_path_factory.mktemp("ck") / "run"
+    cfg = build_config({"preset": "micro", "out": str(out), "max_steps": 4, "checkpoint_every": 2,
+                        "max_checkpoints": 3, **small_corpus})
+    Trainer(cfg).run()
+    return cfg, out
+
+
+@pytest.fixture
+def two_checkpoints(_two_checkpoints, tmp_path):
+    """A copy of an in-process run with checkpoints at steps 2 and 4."""
+    import shutil
+
+    cfg, src = _two_checkpoints
+    out = tmp_path / "ck"
+    shutil.copytree(src, out)
+    return cfg.replace(out=str(out)), out
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "truncate-no-manifest", "empty"])
+def test_torn_newest_checkpoint_is_skipped_with_one_warning(damage, two_checkpoints, capsys):
+    cfg, out = two_checkpoints
+    newest = out / "checkpoints" / "step_00000004.pt"
+    raw = newest.read_bytes()
+    if damage.startswith("truncate"):
+        newest.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip":
+        mid = len(raw) // 2
+        newest.write_bytes(raw[:mid] + bytes(b ^ 0xFF for b in raw[mid:mid + 8]) + raw[mid + 8:])
+    else:
+        newest.write_bytes(b"")
+    if damage.endswith("no-manifest"):
+        newest.with_suffix(".json").unlink()  # the loader's own error must catch it
+    tr = Trainer(cfg.replace(resume=True, max_steps=4))
+    capsys.readouterr()
+    assert tr.maybe_resume() and tr.step == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    warn = [ln for ln in err if "warning" in ln]
+    assert len(warn) == 1 and "step_00000004.pt" in warn[0] and "torn or corrupt" in warn[0], err
+
+
+def test_every_checkpoint_corrupt_is_one_line_exit_2(two_checkpoints, small_corpus, capsys):
+    cfg, out = two_checkpoints
+    for _, p in list_checkpoints(out / "checkpoints"):
+        p.write_bytes(p.read_bytes()[:100])
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    argv = ["--preset", "micro", "--data", small_corpus["data"], "--cache-dir", small_corpus["cache_dir"],
+            "--out", str(out), "--max-steps", "4", "--resume"]
+    code, err = run_cli_capture(argv, capsys)
+    assert code == 2
+    assert err[-1].startswith("sift-pretrain: error: no complete checkpoint") and len(err) == 3, err  # 2 warnings
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("form", ["torch-zip", "plain-pickle", "inside-state"])
+def test_checkpoint_with_pickled_code_is_refused_and_never_runs(form, small_corpus, tmp_path, capsys):
+    import pickle
+
+    out, marker = tmp_path / "out", tmp_path / "PWNED"
+    ck = out / "checkpoints" / "step_00000003.pt"
+    ck.parent.mkdir(parents=True)
+    if form == "torch-zip":
+        torch.save(Payload(marker), ck)
+    elif form == "plain-pickle":
+        ck.write_bytes(pickle.dumps(Payload(marker)))
+    else:  # a plausible trainer state with the payload in one field
+        torch.save({"step": 3, "engine": {"model": {"w": torch.zeros(2)}}, "config": Payload(marker)}, ck)
+    argv = ["--preset", "micro", "--data", small_corpus["data"], "--cache-dir", small_corpus["cache_dir"],
+            "--out", str(out), "--max-steps", "4", "--resume"]
+    code, err = run_cli_capture(argv, capsys)
+    assert code == 2 and len(err) == 1, err
+    assert "refusing to load it" in err[0] and str(ck) in err[0], err
+    assert form == "plain-pickle" or "posix.system" in err[0], err  # a protocol-4 pickle stops at its 1st op
+    assert not marker.exists(), "the pickled payload ran"
+    assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "step_00000003.pt"]
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_one(micro_cfg, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "full"
+    tr = Trainer(micro_cfg(out=str(out), max_steps=4, checkpoint_every=2))
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):
+        if tr.step == 4:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    from sift_fast.errors import UserError
+
+    with pytest.raises(UserError, match="cannot write the step-4 checkpoint .*No space left on device"):
+        tr.run()
+    assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [2]
+    assert load_checkpoint(out / "checkpoints" / "step_00000002.pt")["step"] == 2
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.json", "step_00000002.pt"]
+
+
+# --- non-finite steps ----------------------------------------------------------------------------
+
+
+def poison(tr, steps):
+    """Make the loss of the given (1-based) steps NaN, as a diverging run or a bad batch would."""
+    real = tr.engine.backward
+
+    def backward(loss):
+        real(loss * float("nan") if tr.step + 1 in steps else loss)
+
+    tr.engine.backward = backward
+
+
+def test_nonfinite_step_is_never_applied(micro_cfg):
+    tr = Trainer(micro_cfg(selection="entropy", nan_policy="skip"))
+    poison(tr, {3})
+    for _ in range(2):
+        tr.train_step()
+        tr.step += 1
+    before = {k: v.clone() for k, v in tr.engine.module.state_dict().items()}
+    opt_before = {i: s["step"].clone() for i, s in tr.engine.optimizer.state.items()}
+    tr.train_step()
+    tr.step += 1
+    assert not bool(tr.engine.last_update_ok)
+    after = tr.engine.module.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights untouched
+    assert all(torch.equal(opt_before[i], s["step"]) for i, s in tr.engine.optimizer.state.items())
+    tr.train_step()  # the next, finite step trains again
+    assert bool(tr.engine.last_update_ok)
+    assert not all(torch.equal(before[k], v) for k, v in tr.engine.module.state_dict().items())
+
+
+def test_nan_policy_skip_logs_and_continues_halt_checkpoints_and_stops(micro_cfg, tmp_path):
+    skip = Trainer(micro_cfg(out=str(tmp_path / "skip"), nan_policy="skip", log_every=3, max_steps=6))
+    poison(skip, {2, 5})
+    summary = skip.run()
+    assert summary["steps"] == 6 and skip.bad_total == 2
+    recs = [json.loads(ln) for ln in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    bad = [r["step"] for r in recs if r.get("nonfinite")]
+    assert bad == [2, 5] and all(r["update_applied"] is False for r in recs if r.get("nonfinite"))
+    assert all(torch.isfinite(p).all() for p in skip.engine.module.parameters())
+
+    halt = Trainer(micro_cfg(out=str(tmp_path / "halt"), nan_policy="halt", log_every=2, max_steps=6))
+    poison(halt, {3})
+    with pytest.raises(TrainingHalted, match=r"step\(s\) 3 \(--nan-policy halt\); last good state checkpointed"):
+        halt.run()
+    state = load_checkpoint(list_checkpoints(tmp_path / "halt" / "checkpoints")[-1][1])
+    assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["engine"]["model"].values())
+
+    many = Trainer(micro_cfg(out=str(tmp_path / "many"), nan_policy="skip", max_bad_steps=2, log_every=1))
+    poison(many, {3, 4, 5, 6})
+    with pytest.raises(TrainingHalted, match=r"2 consecutive \(--max-bad-steps 2\)"):
+        many.run()
+    assert many.step == 4
+
+
+# --- bad inputs: one line naming the flag or file, exit 2, nothing written into --out -----------------
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, small_corpus):
+    d = tmp_path_factory.mktemp("bad")
+    files = {"corpus": small_corpus["data"], "cache": small_corpus["cache_dir"]}
+
+    def put(name, data):
+        p = d / name
+        p.write_bytes(data if isinstance(data, bytes) else data.encode())
+        files[name.replace(".", "_")] = str(p)
+
+    put("empty.txt", "\n \n")
+    put("binary.txt", b"\x00\x01\x02\x03binary")
+    put("latin1.txt", "caf\xe9 au lait ".encode("latin-1") * 50)
+    put("nokey.jsonl", "".join(json.dumps({"body": f"doc {i}"}) + "\n" for i in range(20)))
+    put("badline.jsonl", '{"text": "fine"}\n{not json\n')
+    put("nomask.txt", "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a", "b", "c"]) + "\n")
+    put("binvocab.txt", b"\x00\xff\xfe")
+    put("unknown.json", json.dumps({"sift": {"kepp": 0.5}}))
+    put("wrongtype.json", json.dumps({"keep": "lots"}))
+    put("list.yaml", "- 1\n- 2\n")
+    put("broken.yaml", "sift: [unclosed\n")
+    put("evil.yaml", f"keep: !!python/object/apply:os.system ['touch {d}/YAML_PWNED']\n")
+    put("cfg.txt", "keep: 0.5\n")
+    put("badsection.json", json.dumps({"sift": 3}))
+    put("afile", "not a directory")
+    put("tok.json", "{not a tokenizer")
+    import numpy as np
+
+    from sift_fast.data.indexed import write_indexed
+
+    write_indexed(d / "meg", [np.arange(5, 60, dtype=np.int32) for _ in range(8)], dtype=np.int32)
+    (d / "badmagic.idx").write_bytes(b"NOTMEGATRON" + (d / "meg.idx").read_bytes()[11:])
+    (d / "badmagic.bin").write_bytes((d / "meg.bin").read_bytes())
+    (d / "trunc.idx").write_bytes((d / "meg.idx").read_bytes()[:-7])
+    (d / "trunc.bin").write_bytes((d / "meg.bin").read_bytes())
+    (d / "shortbin.idx").write_bytes((d / "meg.idx").read_bytes())
+    (d / "shortbin.bin").write_bytes((d / "meg.bin").read_bytes()[:-4])
+    files["dir"] = str(d)
+    return files
+
+
+# name: (argv, text the one line must contain); {x} is a path from the `bad` fixture
+BAD_INPUTS = {
+    "keep 0": (["--keep", "0"], "keep must be in (0, 1]"),
+    "keep 1.5": (["--keep", "1.5"], "keep must be in (0, 1]"),
+    "keep not a number": (["--keep", "half"], "--keep: invalid float value"),
+    "exit layer 0": (["--exit-layer", "0"], "exit_layer must be >= 1"),
+    "exit layer past L": (["--exit-layer", "3"], "exit_layer must be in [1, 2]"),
+    "exit layer word": (["--exit-layer", "deep"], "--exit-layer"),
+    "candidates 0": (["--candidates", "0"], "candidates must be >= 1"),
+    "max steps 0": (["--max-steps", "0"], "max_steps must be > 0"),
+    "max steps word": (["--max-steps", "ten"], "--max-steps: invalid int value"),
+    "eval every 0": (["--eval-every", "0"], "eval_every must be > 0"),
+    "log every 0": (["--log-every", "0"], "log_every must be > 0"),
+    "eval batch 0": (["--eval-batch-size", "0"], "eval_batch_size must be > 0"),
+    "max checkpoints 0": (["--max-checkpoints", "0"], "max_checkpoints must be > 0"),
+    "checkpoint every -1": (["--checkpoint-every", "-1"], "checkpoint_every must be >= 0"),
+    "lr 0": (["--lr", "0"], "lr must be > 0"),
+    "grad clip -1": (["--grad-clip", "-1"], "grad_clip must be >= 0"),
+    "min lr ratio 2": (["--min-lr-ratio", "2"], "min_lr_ratio must be in [0, 1]"),
+    "dropout 1": (["--dropout", "1"], "dropout must be in [0, 1)"),
+    "mask prob 0": (["--mask-prob", "0"], "mask_prob must be in (0, 1)"),
+    "valid fraction 1": (["--valid-fraction", "1"], "valid_fraction must be in (0, 1)"),
+    "seq len 4": (["--seq-len", "4"], "seq_len must be >= 8"),
+    "seq len past memory": (["--seq-len", "100000"], "--seq-len 100000: one attention matrix"),
+    "vocab size 0": (["--vocab-size", "0"], "vocab_size must be > 0"),
+    "layers 0": (["--num-layers", "0"], "num_layers must be > 0"),
+    "heads do not divide width": (["--num-heads", "3"], "not divisible by num_heads"),
+    "unknown selection": (["--selection", "smart"], "--selection: invalid choice"),
+    "unknown overlap": (["--overlap", "sideways"], "--overlap: invalid choice"),
+    "unknown precision": (["--precision", "fp8"], "--precision: invalid choice"),
+    "unknown nan policy": (["--nan-policy", "ignore"], "--nan-policy: invalid choice"),
+    "max bad steps 0": (["--max-bad-steps", "0"], "max_bad_steps must be > 0"),
+    "device tpu": (["--device", "tpu"], "device must be auto, cpu, cuda"),
+    "targets out of range": (["--targets", "0.5,2"], "targets must be accuracies in (0, 1]"),
+    "targets not numbers": (["--targets", "a,b"], "--targets"),
+    "time budget -1": (["--time-budget-s", "-1"], "time_budget_s must be >= 0"),
+    "prefetch -2": (["--prefetch", "-2"], "prefetch must be -1"),
+    "score tokens -1": (["--score-tokens", "-1"], "score_tokens must be >= 0"),
+    "selection warmup past max steps": (["--selection-warmup-steps", "50"], "the run would never select"),
+    "anneal before warmup": (["--selection-warmup-steps", "5", "--anneal-until", "3"], "anneal_until (3)"),
+    "noise decay 1": (["--noise-decay", "1"], "noise_decay must be in [0, 1)"),
+    "sample mix 2": (["--sample-mix", "2"], "sample_mix must be in [0, 1]"),
+    "two keep schedules": (["--adaptive-keep", "noise", "--anneal-until", "10"], "two keep schedules"),
+    "unknown preset": (["--preset", "huge"], "unknown preset 'huge'"),
+    "unknown flag": (["--kepp", "0.5"], "unrecognized arguments: --kepp"),
+    "config missing": (["--config", "{dir}/nope.yaml"], "config file not found"),
+    "config wrong suffix": (["--config", "{cfg_txt}"], "must end in .yaml, .yml or .json"),
+    "config unknown key": (["--config", "{unknown_json}"], "unknown config key sift.kepp"),
+    "config wrong type": (["--config", "{wrongtype_json}"], "keep"),
+    "config not a mapping": (["--config", "{list_yaml}"], "must hold a mapping"),
+    "config bad yaml": (["--config", "{broken_yaml}"], "cannot parse config file"),
+    "config python tag": (["--config", "{evil_yaml}"], "cannot parse config file"),
+    "config section not a mapping": (["--config", "{badsection_json}"], "config section 'sift' must be a mapping"),
+    "out not creatable": (["--out", "/proc/forbidden/run"], "--out /proc/forbidden/run is not writable"),
+    "out is a file": (["--out", "{afile}/run"], "a parent is a file"),
+    "corpus missing": (["--data", "{dir}/none.txt"], "corpus file not found"),
+    "corpus empty": (["--data", "{empty_txt}"], "is empty"),
+    "corpus binary": (["--data", "{binary_txt}"], "is a binary file"),
+    "corpus not utf-8": (["--data", "{latin1_txt}"], "is not UTF-8 text"),
+    "jsonl without text key": (["--data", "{nokey_jsonl}"], "text"),
+    "jsonl bad line": (["--data", "{badline_jsonl}"], "badline.jsonl"),
+    "corpus is a directory": (["--data", "{dir}"], "got a directory"),
+    "vocab without mask": (["--vocab", "{nomask_txt}"], "missing [MASK]"),
+    "vocab binary": (["--vocab", "{binvocab_txt}"], "binvocab.txt"),
+    "vocab missing": (["--vocab", "{dir}/none-vocab.txt"], "not found"),
+    "tokenizer json broken": (["--vocab", "{tok_json}"], "not a valid tokenizer.json"),
+    "megatron without vocab": (["--data", "megatron:{dir}/meg"], "pass --vocab"),
+    "megatron bad magic": (["--data", "megatron:{dir}/badmagic", "--vocab", "bundled"], "bad header"),
+    "megatron idx truncated": (["--data", "megatron:{dir}/trunc", "--vocab", "bundled"], "trunc.idx"),
+    "megatron bin truncated": (["--data", "megatron:{dir}/shortbin", "--vocab", "bundled"], "truncated"),
+    "world size without deepspeed": (["--max-steps", "2"], "without --deepspeed"),  # WORLD_SIZE=2 below
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_INPUTS))
+def test_bad_input_is_one_line_exit_2_nothing_written(name, bad, tmp_path, capsys, monkeypatch):
+    argv, needle = BAD_INPUTS[name]
+    out = tmp_path / "out"
+    if name == "world size without deepspeed":
+        monkeypatch.setenv("WORLD_SIZE", "2")
+    base = ["--preset", "micro", "--data", bad["corpus"], "--cache-dir", bad["cache"], "--out", str(out),
+            "--max-steps", "10"]
+    code, err = run_cli_capture(base + [a.format(**bad) for a in argv], capsys)
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("sift-pretrain: error:") and needle in err[0], err
+    assert not out.exists(), list(out.rglob("*"))
+    assert not (Path(bad["dir"]) / "YAML_PWNED").exists()
+
+
+def test_resume_refuses_another_model_tokenizer_or_selection(two_checkpoints, small_corpus, capsys):
+    cfg, out = two_checkpoints
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    base = ["--preset", "micro", "--data", small_corpus["data"], "--cache-dir", small_corpus["cache_dir"],
+            "--out", str(out), "--max-steps", "6", "--resume"]
+    for extra, needle in ((["--hidden-size", "64"], "hidden_size=32 (this run: 64)"),
+                          (["--vocab-size", "600"], "vocab_size=512 (this run: 600)"),
+                          (["--selection", "loss"], "selection='entropy' (this run: 'loss')")):
+        code, err = run_cli_capture(base + extra, capsys)
+        assert code == 2 and len(err) == 1 and needle in err[0] and "--resume" in err[0], err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_without_checkpoint_says_so(micro_cfg, tmp_path, capsys):
+    out = tmp_path / "fresh"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"type": "step", "step": 1, "loss": 9.0}\n')  # a stale earlier run
+    tr = Trainer(micro_cfg(out=str(out), resume=True, max_steps=2))
+    tr.run()
+    err = capsys.readouterr().err
+    assert "warning: --resume: no checkpoint in" in err and "starting from step 0" in err
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(ln)["type"] == "step"]
+    assert steps == [1, 2]
+
+
+def test_warmup_past_max_steps_warns(micro_cfg, capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        micro_cfg(anneal_until=50, max_steps=6)
+    assert any("anneal_until (50) is past max_steps (6)" in str(w.message) for w in caught)
+    Trainer(micro_cfg(lr_warmup_steps=50, max_steps=1)).run()
+    assert "lr_warmup_steps (50) is past max_steps (1)" in capsys.readouterr().err
+
+
+def test_deepspeed_checkpoint_reads_are_guarded(tmp_path):
+    """DeepSpeed's own loader (``torch.load(weights_only=False)``) is replaced on our engine: its plain types
+    load, a shard with pickled code is refused and does not run."""
+    pytest.importorskip("deepspeed")
+    from types import SimpleNamespace
+
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    from sift_fast.distributed.engine import guard_deepspeed_loads
+    from sift_fast.train.checkpoint import CheckpointError
+
+    ds = SimpleNamespace(checkpoint_engine=SimpleNamespace(load=None))
+    guard_deepspeed_loads(ds)
+    good, evil, marker = tmp_path / "optim.pt", tmp_path / "evil.pt", tmp_path / "PWNED"
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.optimizer_states,
+                "state": {"exp_avg": torch.ones(3)}}, good)
+    loaded = ds.checkpoint_engine.load(str(good), map_location=torch.device("cpu"))
+    assert loaded["zero_stage"] is ZeroStageEnum.optimizer_states and torch.equal(loaded["state"]["exp_avg"],
+                                                                                  torch.ones(3))
+    torch.save({"optimizer_state_dict": Payload(marker)}, evil)
+    with pytest.raises(CheckpointError, match="posix.system"):
+        ds.checkpoint_engine.load(str(evil), map_location=None)
+    assert not marker.exists()
