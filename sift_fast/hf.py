@@ -231,6 +231,7 @@ class SiftTrainer(transformers.Trainer):
         self.sift_totals["candidates"] += n
         if plan.mode == "all":
             self._sift_kept(n)
+            self.sift_last_kept, self.sift_last_scores = torch.arange(n), None
             return inputs
         batch = as_sift_batch(inputs)
         scores = None
@@ -247,7 +248,7 @@ class SiftTrainer(transformers.Trainer):
                     stats["ratio_sum"] = stats.get("ratio_sum", 0.0) + ks.mean().item() / cand
                     stats["ratio_n"] = stats.get("ratio_n", 0) + 1
         self._sift_kept(int(kept.numel()))
-        self.sift_last_kept = kept
+        self.sift_last_kept, self.sift_last_scores = kept, scores  # the last selection (tests, debugging)
         return {key: (v.index_select(0, kept.to(v.device)) if torch.is_tensor(v) and v.dim() and v.shape[0] == n
                       else v) for key, v in inputs.items()}
 
