@@ -27,6 +27,7 @@ class Batch:
     epoch: int = 0
     masked_row_ptr: torch.Tensor | None = field(default=None, repr=False)  # CPU int64 [B+1]
     row_padded: torch.Tensor | None = field(default=None, repr=False)  # CPU bool [B]: row has padding
+    token_type_ids: torch.Tensor | None = field(default=None, repr=False)  # int64 [B, S] segment ids, or None
 
     def __post_init__(self) -> None:
         if self.masked_row_ptr is None:
@@ -106,6 +107,7 @@ class Batch:
             epoch=self.epoch,
             masked_row_ptr=torch.from_numpy(new_ptr),
             row_padded=self.row_padded[torch.from_numpy(rows_host)],
+            token_type_ids=None if self.token_type_ids is None else take(self.token_type_ids),
         )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
@@ -119,6 +121,7 @@ class Batch:
             sample_ids=move(self.sample_ids),
             masked_index=move(self.masked_index),
             masked_seq=move(self.masked_seq),
+            token_type_ids=None if self.token_type_ids is None else move(self.token_type_ids),
         )
 
     def pin_memory(self) -> Batch:
@@ -133,6 +136,7 @@ class Batch:
             sample_ids=self.sample_ids.pin_memory(),
             masked_index=self.masked_index.pin_memory(),
             masked_seq=self.masked_seq.pin_memory(),
+            token_type_ids=None if self.token_type_ids is None else self.token_type_ids.pin_memory(),
         )
 
 

@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -217,4 +218,18 @@ def _vocab_from_tokenizer(tok: Tokenizer, source: str) -> Vocab:
         unk_id=ids["unk"],
         special_ids=special_ids,
         fingerprint=fingerprint,
+    )
+
+
+def hf_tokenizer(spec: str, **kwargs: Any) -> Any:
+    """A ``transformers`` fast tokenizer over :func:`load_tokenizer` (``bundled``, a vocab.txt /
+    tokenizer.json / directory path, a hub name), its special tokens set by role (for the Trainer's
+    collators)."""
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = load_tokenizer(spec, **kwargs)
+    name = vocab.tokenizer.id_to_token
+    return PreTrainedTokenizerFast(
+        tokenizer_object=vocab.tokenizer, pad_token=name(vocab.pad_id), unk_token=name(vocab.unk_id),
+        cls_token=name(vocab.cls_id), sep_token=name(vocab.sep_id), mask_token=name(vocab.mask_id),
     )

@@ -79,18 +79,23 @@ class MLMEncoder(nn.Module):
         return dec.weight, dec.bias
 
     def embed(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Embedding output and the attention mask in the form the layers take (``None``: no padding)."""
-        h = self.embeddings(input_ids=input_ids)
+        """Embedding output and the attention mask in the form the layers take (``None``: no padding).
+
+        ``token_type_ids`` None: the embedding's default (all segment 0), as the HF model does.
+        """
+        h = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         mask = create_bidirectional_mask(config=self.hf.config, inputs_embeds=h, attention_mask=attention_mask)
         return h, mask
 
     def encode(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_layers: int | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, num_layers: int | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Hidden state after the first ``num_layers`` layers (all by default)."""
-        h, mask = self.embed(input_ids, attention_mask)
+        h, mask = self.embed(input_ids, attention_mask, token_type_ids)
         for layer in self.layers[: self.num_layers if num_layers is None else num_layers]:
             h = layer(h, attention_mask=mask)
         return h
@@ -132,7 +137,8 @@ class MLMEncoder(nn.Module):
             raise ValueError(f"exit layer must be in [1, {self.num_layers}], got {k}")
         with eval_mode([self.embeddings, *self.layers[:k]]):
             mask = getattr(batch, "model_attention_mask", batch.attention_mask)
-            return self.encode(batch.input_ids, mask, num_layers=k)
+            return self.encode(batch.input_ids, mask, num_layers=k,
+                               token_type_ids=getattr(batch, "token_type_ids", None))
 
     @torch.no_grad()
     def exit_rows(self, batch, k: int, index: torch.Tensor) -> torch.Tensor:
@@ -165,6 +171,21 @@ class _RobertaTransform(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layer_norm(nn.functional.gelu(self.dense(x)))
+
+
+def adapter_for(hf_model: nn.Module) -> MLMEncoder:
+    """The :class:`MLMEncoder` over a Hugging Face masked LM (BertForMaskedLM, BertForPreTraining,
+    RobertaForMaskedLM); ``ConfigError`` naming the class for any other model."""
+    import transformers
+
+    from sift_fast.errors import ConfigError
+
+    if isinstance(hf_model, (transformers.BertForMaskedLM, transformers.BertForPreTraining)):
+        return MLMEncoder(hf_model)
+    if isinstance(hf_model, transformers.RobertaForMaskedLM):
+        return RobertaMLM(hf_model)
+    raise ConfigError(f"SIFT scores with a masked-LM head; {type(hf_model).__name__} has none (supported: "
+                      "BertForMaskedLM, BertForPreTraining, RobertaForMaskedLM)")
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seq_len: int, pad_id: int = 0) -> MLMEncoder:

@@ -74,7 +74,7 @@ def layer_scores(model: MLMEncoder, batch, autocast: contextlib.AbstractContextM
     losses, ents = [], []
     valid = torch.ones_like(tgt, dtype=torch.bool)
     with eval_mode([model]), autocast or contextlib.nullcontext():
-        h, mask = model.embed(batch.input_ids, batch.attention_mask)
+        h, mask = model.embed(batch.input_ids, batch.attention_mask, getattr(batch, "token_type_ids", None))
         for layer in model.layers:
             h = layer(h, attention_mask=mask)
             rows = model.head_transform(h.reshape(-1, h.shape[-1]).index_select(0, idx))
