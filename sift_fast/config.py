@@ -182,6 +182,18 @@ class SiftConfig:
         """Samples backpropagated per step: :attr:`keep_size`; all candidates for 'none'."""
         return self.candidates if self.selection == "none" else self.keep_size
 
+    def require_drop_in(self, where: str) -> None:
+        """Refuse, in one line, what a drop-in whose host script owns the loss and backward cannot do:
+        global selection, the reweighted ``sample`` rule, the adaptive keep."""
+        if self.selection_scope != "local":
+            raise ConfigError(f"selection_scope 'global' is not supported by {where} (per-rank selection); use local")
+        if self.selection_rule != "topk":
+            raise ConfigError(f"selection_rule 'sample' is not supported by {where} (the script's loss takes no "
+                              "per-sample weights); use topk")
+        if self.adaptive_keep != "off":
+            raise ConfigError(f"adaptive_keep is not supported by {where} (the script owns the backward); "
+                              "use --adaptive-keep off and a fixed keep")
+
 
 @dataclass
 class OptimConfig:

@@ -85,14 +85,7 @@ class SiftArguments:
 
 
 def _check_supported(cfg: SiftConfig) -> None:
-    if cfg.selection_scope != "local":
-        raise ConfigError("--selection_scope global is not supported by SiftTrainer yet (per-rank selection); "
-                          "use local")
-    if cfg.selection_rule != "topk":
-        raise ConfigError("selection_rule 'sample' is not supported by SiftTrainer (the Trainer's loss takes no "
-                          "per-sample weights); use topk")
-    if cfg.adaptive_keep != "off":
-        raise ConfigError("adaptive_keep is not supported by SiftTrainer; use a fixed --keep")
+    cfg.require_drop_in("SiftTrainer")
 
 
 def _is_mlm_collator(collator: Any) -> bool:

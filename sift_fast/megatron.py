@@ -152,14 +152,7 @@ class SiftForwardStep:
             raise ConfigError("exit_layer 'auto' is not supported by the Megatron drop-in; give a layer number")
         if cfg.score_tokens:
             raise ConfigError("score_tokens is not supported by the Megatron drop-in (every masked token is scored)")
-        if cfg.selection_scope != "local":
-            raise ConfigError("selection_scope 'global' is not supported by the Megatron drop-in (per-rank selection)")
-        if cfg.selection_rule != "topk":
-            raise ConfigError("selection_rule 'sample' is not supported by the Megatron drop-in (the script's loss "
-                              "takes no per-sample weights); use topk")
-        if cfg.adaptive_keep != "off":
-            raise ConfigError("adaptive_keep is not supported by the Megatron drop-in (the script owns the backward);"
-                              " use --adaptive-keep off")
+        cfg.require_drop_in("the Megatron drop-in")
         self.forward_step, self.cfg = forward_step, cfg
         self.selector = Selector(cfg, seed)
         self.adapter = adapter or mcore_bert_exit_scores

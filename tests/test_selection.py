@@ -53,3 +53,16 @@ def test_state_dict_round_trip():
     t = Selector(SiftConfig(), seed=99)
     t.load_state_dict(state)
     assert torch.equal(t.uniform(10, 5), x)
+
+
+def test_drop_ins_refuse_what_their_host_loss_cannot_do():
+    import pytest
+
+    from sift_fast.config import SiftConfig
+    from sift_fast.errors import ConfigError
+
+    SiftConfig().require_drop_in("X")  # the defaults pass
+    for bad, msg in (({"selection_scope": "global"}, "global"), ({"selection_rule": "sample"}, "sample"),
+                     ({"adaptive_keep": "noise"}, "adaptive_keep")):
+        with pytest.raises(ConfigError, match=f"{msg}.*not supported by X"):
+            SiftConfig(**bad).require_drop_in("X")
