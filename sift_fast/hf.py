@@ -45,6 +45,7 @@ from sift_fast.models.hf import MLMEncoder, adapter_for
 from sift_fast.scoring import compute_scores, criterion_for, wants_scores
 from sift_fast.selection import Plan, Selector
 from sift_fast.telemetry.timer import StepTimer
+from sift_fast.train.checkpoint import safe_load
 
 logger = logging.getLogger(__name__)
 _SIFT_FIELDS = {f.name: f for f in fields(SiftConfig)}
@@ -334,5 +335,5 @@ class SiftTrainer(transformers.Trainer):
             if not path.is_file():
                 raise ConfigError(f"checkpoint {ckpt} has no SIFT selector state ({path.name}); it was not written "
                                   "by SiftTrainer")
-            self.sift_load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+            self.sift_load_state_dict(safe_load(path))
         return super().train(resume_from_checkpoint, *args, **kwargs)
