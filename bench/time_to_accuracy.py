@@ -66,7 +66,7 @@ def base_config(args: argparse.Namespace, corpus: str, preset: str, candidates: 
         "eval_every": args.eval_every, "log_every": args.eval_every, "clock": args.clock,
         "num_threads": args.num_threads, "telemetry_every": args.telemetry_every,
         "checkpoint_every": args.checkpoint_every, "max_checkpoints": 1, "device": args.device,
-        "exit_auto_every": args.exit_auto_every,
+        "exit_auto_every": args.exit_auto_every, "lr_horizon": getattr(args, "lr_horizon", "steps"),
     }
     if args.lr:
         over["lr"] = args.lr
@@ -383,6 +383,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--max-steps", type=int, default=1_000_000)
     p.add_argument("--lr", type=float, default=0.0, help="override the preset's peak LR (0 = preset)")
+    p.add_argument("--lr-horizon", default="steps", choices=("auto", "steps", "budget"),
+                   help="LR decay span; steps (with --max-steps far away: the LR stays at its peak after the "
+                        "warmup) is how the committed suites were measured; auto = sift-pretrain's default")
     p.add_argument("--acc-targets", type=_list(float), default=None, help="default: auto from the baseline")
     p.add_argument("--loss-targets", type=_list(float), default=None, help="default: auto from the baseline")
     p.add_argument("--runs", default=str(ROOT / "runs" / "tta"), help="run directories (resumable)")

@@ -53,14 +53,16 @@ from time_to_accuracy import arm_config, base_config, crossing, machine, mean_sd
 from sift_fast.io import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 PROSE = Path(os.environ.get("SIFT_PROSE_CORPUS", Path.home() / ".cache/sift_fast/prose/debian-docs-prose.txt"))
+# lr_horizon "steps" with max_steps far away keeps the LR at its peak after the warmup (constant LR)
 CONFIGS: dict[str, dict[str, Any]] = {
-    "single-pass": {"corpus": str(PROSE), "preset": "proxy-12"},
-    "repeated": {"corpus": "wiki", "preset": "proxy-12"},
-    "wide": {"corpus": str(PROSE), "preset": "proxy-12-wide"},
-    # the same with the LR decayed linearly over each run's time budget (optim.lr_horizon=budget), as any
-    # real pretraining run decays it over its horizon; the configurations above keep it at its peak
+    "single-pass": {"corpus": str(PROSE), "preset": "proxy-12", "lr_horizon": "steps"},
+    "repeated": {"corpus": "wiki", "preset": "proxy-12", "lr_horizon": "steps"},
+    "wide": {"corpus": str(PROSE), "preset": "proxy-12-wide", "lr_horizon": "steps"},
+    # the same with the LR decayed linearly over each run's time budget (optim.lr_horizon=budget; what the
+    # default, auto, does when the budget ends the run), as any real pretraining run decays it over its horizon
     "repeated-decay": {"corpus": "wiki", "preset": "proxy-12", "lr_horizon": "budget"},
     "single-pass-decay": {"corpus": str(PROSE), "preset": "proxy-12", "lr_horizon": "budget"},
+    "wide-decay": {"corpus": str(PROSE), "preset": "proxy-12-wide", "lr_horizon": "budget"},
 }
 ARMS = ("baseline", "entropy", "random", "anneal", "lr", "sample", "noise")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
@@ -81,7 +83,7 @@ def _args_for(args: argparse.Namespace) -> argparse.Namespace:
 def base_for(name: str, args: argparse.Namespace):
     c = CONFIGS[name]
     base = base_config(_args_for(args), c["corpus"], c["preset"], args.candidates, args.keep)
-    return base.replace(lr_horizon=c["lr_horizon"]) if "lr_horizon" in c else base
+    return base.replace(lr_horizon=c["lr_horizon"])
 
 
 # --- running ----------------------------------------------------------------------------------------

@@ -205,8 +205,9 @@ class OptimConfig:
     eps: float = opt(1e-6, "Adam/LAMB epsilon")
     lr_warmup_steps: int = opt(100, "linear LR warmup steps")
     lr_decay: Literal["linear", "cosine", "constant"] = opt("linear", "LR decay after the warmup")
-    lr_horizon: Literal["steps", "budget"] = opt(
-        "steps", "what the LR decay spans: max_steps, or the time budget (time_budget_s on --clock)")
+    lr_horizon: Literal["auto", "steps", "budget"] = opt(
+        "auto", "what the LR decay spans: auto = whichever of max_steps and the time budget ends the run first; "
+        "steps = max_steps only; budget = the time budget only (time_budget_s on --clock)")
     min_lr_ratio: float = opt(0.0, "final LR as a fraction of the peak")
     grad_clip: float = opt(1.0, "gradient-norm clipping; 0 = off")
 

@@ -1,4 +1,4 @@
-"""The LR schedule: warmup and decay by hand, and the decay over a time budget (``lr_horizon=budget``)."""
+"""The LR schedule: warmup and decay by hand, and the decay over a time budget (``lr_horizon`` budget / auto)."""
 
 import json
 import math
@@ -27,6 +27,18 @@ def test_lr_factor_by_hand():
     assert lr_factor(2, lin, 10**6, progress=0.9) == 0.75  # the warmup stays in steps
 
 
+def test_auto_horizon_is_the_sooner_end():
+    """auto: the decay follows whichever of the step and time fractions is further along."""
+    auto = OptimConfig(lr_warmup_steps=4, lr_decay="linear", min_lr_ratio=0.0, lr_horizon="auto")
+    assert auto == OptimConfig(lr_warmup_steps=4, lr_decay="linear", min_lr_ratio=0.0)  # auto is the default
+    assert lr_factor(9, auto, 14) == pytest.approx(0.5)  # no budget: steps, (9 - 4) / 10
+    assert lr_factor(9, auto, 14, progress=0.0) == pytest.approx(0.5)  # a budget not yet spent: steps
+    assert lr_factor(9, auto, 14, progress=0.8) == pytest.approx(0.2)  # the budget ends first
+    assert lr_factor(9, auto, 10**6, progress=0.3) == pytest.approx(0.7)  # max_steps far away
+    assert lr_factor(13, auto, 14, progress=0.3) == pytest.approx(0.1)  # max_steps ends first
+    assert lr_factor(2, auto, 14, progress=0.9) == 0.75  # the warmup stays in steps
+
+
 def test_budget_scheduler_follows_progress():
     w = torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.SGD([w], lr=2.0)
@@ -47,9 +59,10 @@ def test_budget_horizon_needs_a_budget(micro_cfg):
         micro_cfg(lr_horizon="budget")
 
 
-def test_budget_decay_in_the_loop(micro_cfg):
+@pytest.mark.parametrize("horizon", ["budget", "auto"])
+def test_budget_decay_in_the_loop(micro_cfg, horizon):
     """Each step's LR is the peak × (1 - spent budget fraction before the previous step's update)."""
-    cfg = micro_cfg(lr_horizon="budget", time_budget_s=3.0, max_steps=10**6, lr_warmup_steps=0, log_every=1,
+    cfg = micro_cfg(lr_horizon=horizon, time_budget_s=3.0, max_steps=10**6, lr_warmup_steps=0, log_every=1,
                     eval_every=10**6, checkpoint_every=0)
     tr = Trainer(cfg)
     ticks = iter(range(10**6))
@@ -58,6 +71,23 @@ def test_budget_decay_in_the_loop(micro_cfg):
     steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines() if (r := json.loads(x))["type"] == "step"]
     assert len(steps) == 12  # 3.0 s / 0.25 s
     peak = cfg.optim.lr
-    # the LR logged at step i is the one that step i+1 uses: set after step i from progress i / 12
+    # the LR logged at step i is the one that step i+1 uses: set after step i from progress (i - 1) / 12
+    # (auto: or the step fraction i / max_steps, whichever is further along)
     for r in steps:
-        assert r["lr"] == pytest.approx(peak * (1 - (r["step"] - 1) / 12), abs=1e-12)
+        spent = (r["step"] - 1) / 12
+        if horizon == "auto":
+            spent = max(spent, r["step"] / 10**6)
+        assert r["lr"] == pytest.approx(peak * (1 - spent), abs=1e-12)
+
+
+def test_auto_in_the_loop_when_max_steps_ends_first(micro_cfg, tmp_path):
+    """A generous time budget and a near max_steps: auto decays over the steps, as steps does."""
+    kw = dict(time_budget_s=10**6, max_steps=8, lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0)
+    lrs = {}
+    for horizon in ("auto", "steps"):
+        tr = Trainer(micro_cfg(lr_horizon=horizon, out=str(tmp_path / horizon), **kw))
+        tr.run()
+        lrs[horizon] = [r["lr"] for x in (tr.out / "metrics.jsonl").read_text().splitlines()
+                        if (r := json.loads(x))["type"] == "step"]
+    assert lrs["auto"] == lrs["steps"]
+    assert lrs["auto"] == pytest.approx([tr.cfg.optim.lr * (1 - s / 8) for s in range(1, 9)], abs=1e-12)

@@ -296,7 +296,7 @@ class Trainer:
                     self.console.log(f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
                     break
                 profile.step_begin(self.step)
-                if self.cfg.optim.lr_horizon == "budget":
+                if tc.time_budget_s and self.cfg.optim.lr_horizon != "steps":
                     self.engine.lr_progress.value = self.train_time / tc.time_budget_s
                 t0 = self.clock()
                 res = self.train_step()

@@ -76,7 +76,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
 
 
 class LrProgress:
-    """Fraction of the time budget spent, set by the training loop before each step (``lr_horizon=budget``)."""
+    """Fraction of the time budget spent, set by the training loop before each step (``lr_horizon`` auto/budget;
+    stays 0 in a run without a time budget)."""
 
     def __init__(self) -> None:
         self.value = 0.0
@@ -85,16 +86,19 @@ class LrProgress:
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int, progress: float | None = None) -> float:
     """Multiplier of the peak lr at ``step``: linear warmup, then linear / cosine / constant decay.
 
-    The decay spans ``max_steps``, or, given ``progress`` (the spent fraction of a time budget), that
-    fraction: a time-budgeted run then ends its decay when its budget ends, whatever its step cost.
+    The decay spans ``max_steps`` (``lr_horizon=steps``), the spent fraction ``progress`` of a time budget
+    (``budget``: the decay ends when the budget does, whatever the step cost), or whichever of the two is
+    further along (``auto``, the default: the decay ends when the run ends). ``progress=None`` = steps.
     """
     if cfg.lr_warmup_steps and step < cfg.lr_warmup_steps:
         return (step + 1) / cfg.lr_warmup_steps
     if cfg.lr_decay == "constant":
         return 1.0
+    by_steps = (step - cfg.lr_warmup_steps) / max(1, max_steps - cfg.lr_warmup_steps)
     if progress is None:
-        span = max(1, max_steps - cfg.lr_warmup_steps)
-        progress = (step - cfg.lr_warmup_steps) / span
+        progress = by_steps
+    elif cfg.lr_horizon == "auto":
+        progress = max(by_steps, progress)
     progress = min(1.0, max(0.0, progress))
     shape = 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
@@ -102,9 +106,9 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int, progress: float | Non
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int,
                     progress: LrProgress | None = None):
-    """LambdaLR over :func:`lr_factor`; ``progress`` (``lr_horizon=budget``) replaces the step fraction."""
-    if cfg.lr_horizon == "budget" and progress is None:
-        raise ValueError("lr_horizon=budget needs the loop's LrProgress")
-    p = progress if cfg.lr_horizon == "budget" else None
+    """LambdaLR over :func:`lr_factor`; ``progress`` (the loop's time fraction) enters unless lr_horizon=steps."""
+    if cfg.lr_horizon != "steps" and progress is None:
+        raise ValueError(f"lr_horizon={cfg.lr_horizon} needs the loop's LrProgress")
+    p = progress if cfg.lr_horizon != "steps" else None
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg, max_steps, None if p is None else p.value))
