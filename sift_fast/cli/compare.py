@@ -101,8 +101,8 @@ def one_seed_note(cfg) -> str:
             parts = [f"{f}: {m:.3f}" + (f" ± {s:.3f}" if s else "") for f in ("0.25", "1")
                      for m, s in [eq.get(f"val_loss@{f}", (None, None))] if m is not None]
             cells.append(f"{arm} {', '.join(parts)} (seeds {len(arms[arm]['seeds'])})")
-    return note + (" Suite (bundled corpus, LR decayed over the budget, 2700 CPU-s, val loss ÷ baseline at 25% / 100%): "
-                   + "; ".join(cells) + "." if cells else "")
+    head = " Suite (bundled corpus, LR decayed over the budget, 2700 CPU-s, val loss ÷ baseline at 25% / 100%): "
+    return note + (head + "; ".join(cells) + "." if cells else "")
 
 
 def main(argv: list[str] | None = None) -> int:
