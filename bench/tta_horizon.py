@@ -9,15 +9,17 @@ last checkpoint when ``--budget-s`` grows):
 * ``wide``        — proxy-12-wide (12 × 256) on the single-pass corpus: model size.
 
 These keep the LR at its peak after the warmup (``max_steps`` is far away): the learning rate per step
-is then the same for every arm, whatever its backprop batch. ``repeated-decay`` and
-``single-pass-decay`` decay it linearly to 0 over each run's budget (``--lr-horizon budget``), as a
-real run decays it over its horizon: what separates the LR-per-batch cause from the others.
+is then the same for every arm, whatever its backprop batch. ``repeated-decay``, ``single-pass-decay``
+and ``wide-decay`` decay it linearly to 0 over each run's budget (``--lr-horizon budget``), as a real run
+decays it over its horizon: what separates the LR-per-batch cause from the others.
 
 Arms: ``baseline``; ``entropy`` (fixed keep); ``random`` (pays for scoring); ``anneal`` (keep → 1 by the
 entropy arm's step count); ``lr`` (entropy with the peak LR × √keep, Adam's square-root rule for the
 smaller backprop batch); ``sample`` (importance-sampled selection, unbiased reweighting); ``noise``
 (entropy with keep raised towards 1 as the gradient noise scale grows, ``sift_fast/train/noise.py``).
-``sift-pretrain``'s default SIFT is the ``entropy`` arm.
+``sift-pretrain``'s default SIFT is the ``entropy`` arm with the LR decayed over the run's horizon
+(``lr_horizon=auto``): in the ``-decay`` configurations, whose time budget ends every run, the ``entropy``
+arm is exactly the default.
 
 Reported per configuration and arm (``bench/results/tta_horizon_<config>.{md,json,png}``): val loss and
 accuracy ÷ baseline at equal CPU time at 25/50/75/100 % of the budget, the crossover (the first eval
