@@ -517,3 +517,164 @@ def test_deepspeed_checkpoint_reads_are_guarded(tmp_path):
     with pytest.raises(CheckpointError, match="posix.system"):
         ds.checkpoint_engine.load(str(evil), map_location=None)
     assert not marker.exists()
+
+
+# --- DeepSpeed: 2 gloo ranks under torchrun, ZeRO 1 and 3 ---------------------------------------------
+
+DS_STEPS = 16
+
+
+def ds_argv(corpus, out, stage):
+    return ["-m", "sift_fast.pretrain", "--deepspeed", "--deepspeed_config",
+            str(Path(__file__).resolve().parents[1] / "configs" / f"ds_zero{stage}.json"), "--preset", "micro",
+            "--data", corpus["data"], "--cache-dir", corpus["cache_dir"], "--out", str(out), "--max-steps",
+            str(DS_STEPS), "--checkpoint-every", "2", "--log-every", "2", "--eval-every", "4", "--max-checkpoints",
+            "2", "--selection", "entropy", "--num-threads", "1", "--dist-timeout", "10"]
+
+
+def ds_launch(corpus, out, stage, fault=None, resume=False, wait=True):
+    """``torchrun --nproc_per_node 2 sift_fast.pretrain --deepspeed …`` (a Popen when ``wait`` is False)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "SIFT_FAULT_LOG": str(Path(out).parent / "faults.log")}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SIFT_FAULT_POINT"):
+        env.pop(key, None)
+    if fault:
+        env["SIFT_FAULT_POINT"] = fault
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           *ds_argv(corpus, out, stage), *(["--resume"] if resume else [])]
+    if not wait:
+        log = open(Path(out).parent / "launcher.log", "w")
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def ds_tags(out):
+    return sorted(p.name for p in (Path(out) / "checkpoints").glob("step_*"))
+
+
+def ds_tensors(out):
+    """Every tensor of the newest DeepSpeed tag (model states, ZeRO shards), by file and key path."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from sift_fast.train.checkpoint import safe_load
+
+    tag = Path(out) / "checkpoints" / ds_tags(out)[-1]
+    found = {}
+
+    def walk(x, where):
+        if isinstance(x, torch.Tensor):
+            found[where] = x
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{where}[{i}]")
+
+    for f in sorted(tag.glob("*_states.pt")):
+        walk(safe_load(f, extra=(LossScaler, ZeroStageEnum, fragment_address)), f.name)
+    return tag.name, found
+
+
+@pytest.fixture(scope="module")
+def ds_reference(small_corpus, tmp_path_factory):
+    """Uninterrupted 2-rank runs, ZeRO 1 and ZeRO 3 (launched together: the launches are mostly start-up)."""
+    pytest.importorskip("deepspeed")
+    outs = {stage: tmp_path_factory.mktemp(f"ds_ref{stage}") / "run" for stage in (1, 3)}
+    procs = {stage: ds_launch(small_corpus, out, stage, wait=False) for stage, out in outs.items()}
+    for stage, p in procs.items():
+        assert p.wait(timeout=300) == 0, (outs[stage].parent / "launcher.log").read_text()[-3000:]
+    return {stage: {"records": records(out), "tensors": ds_tensors(out)} for stage, out in outs.items()}
+
+
+def assert_ds_matches(out, ref):
+    got = records(out)
+    assert [r["step"] for r in got if r["type"] == "step"] == list(range(1, DS_STEPS + 1))
+    assert len(got) == len(ref["records"])
+    for i, (a, b) in enumerate(zip(ref["records"], got)):
+        assert a == b, f"line {i + 1}: {a} != {b}"
+    tag, tensors = ds_tensors(out)
+    assert tag == ref["tensors"][0] and tensors.keys() == ref["tensors"][1].keys()
+    for k, v in ref["tensors"][1].items():
+        assert v.dtype == tensors[k].dtype and torch.equal(v, tensors[k]), k
+
+
+def fault_time(out):
+    return float((Path(out).parent / "faults.log").read_text().split()[-1])
+
+
+def test_deepspeed_zero1_kill_rank_sigterm_kill_launcher_torn_tag_then_resume_matches(
+        small_corpus, ds_reference, tmp_path):
+    """ZeRO 1, 2 ranks: SIGKILL rank 1 (the job fails fast), SIGTERM one rank (both stop at the same step,
+    exit 0), SIGKILL the launcher (the ranks stop together, no orphan), a newest tag damaged on rank 1 only
+    (skipped on both ranks); the final resume equals the uninterrupted run line for line and bitwise."""
+    out = tmp_path / "run"
+    proc = ds_launch(small_corpus, out, 1, fault="step:5@1")
+    ended = __import__("time").time()
+    assert proc.returncode != 0 and ended - fault_time(out) < 30, (proc.returncode, ended - fault_time(out))
+    assert "rank 0: error:" in proc.stderr and "another rank probably died" in proc.stderr, proc.stderr[-3000:]
+    assert ds_tags(out) == ["step_00000002", "step_00000004"]
+
+    proc = ds_launch(small_corpus, out, 1, fault="step:3:TERM@1", resume=True)  # rank 1 only, after step 7
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped by SIGTERM after step 8;" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints" / "step_00000008").glob("manifest_rank*")) == \
+        ["manifest_rank00000.json", "manifest_rank00001.json"]
+
+    import time
+
+    p = ds_launch(small_corpus, out, 1, resume=True, wait=False)
+    log, deadline = tmp_path / "launcher.log", time.time() + 240
+    while not re.search(r"^step +10/", log.read_text(errors="replace"), re.M):
+        assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)  # the launcher only: its ranks are in sessions of their own
+    killed = time.time()
+    p.wait(timeout=30)
+
+    def ranks_alive():
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(out).encode() in stat.read_bytes():
+                    alive.append(stat.parent.name)
+            except OSError:
+                pass
+        return alive
+
+    while ranks_alive() and time.time() - killed < 60:
+        time.sleep(0.1)
+    assert not ranks_alive(), "ranks outlived their launcher"
+    text = log.read_text(errors="replace")
+    assert "stopped by the launcher's exit after step 12;" in text, text[-3000:]
+    assert ds_tags(out) == ["step_00000010", "step_00000012"]
+
+    shard = out / "checkpoints" / "step_00000012" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:1000])  # the newest tag, torn on rank 1 only
+    proc = ds_launch(small_corpus, out, 1, resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warn = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: skipping")]
+    assert len(warn) == 1 and "step_00000012 (rank 1: zero_pp_rank_1" in warn[0], proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and "step_00000010 at step 10" in proc.stderr  # rank 0 as well
+    assert_ds_matches(out, ds_reference[1])
+
+
+def test_deepspeed_zero3_kill_inside_checkpoint_then_resume_matches(small_corpus, ds_reference, tmp_path):
+    """ZeRO 3, 2 ranks: SIGKILL rank 1 after DeepSpeed wrote the step-4 tag, before its manifest: rank 0's part of
+    that tag verifies, rank 1's does not, so both ranks agree on step 2; the resume equals the uninterrupted run."""
+    out = tmp_path / "run"
+    proc = ds_launch(small_corpus, out, 3, fault="checkpoint-manifest:2@1")
+    assert proc.returncode != 0 and __import__("time").time() - fault_time(out) < 30
+    tag = out / "checkpoints" / "step_00000004"
+    assert (tag / "manifest_rank00000.json").is_file() and not (tag / "manifest_rank00001.json").exists()
+    proc = ds_launch(small_corpus, out, 3, resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1's manifest is missing" in proc.stderr and "step_00000002 at step 2" in proc.stderr
+    assert_ds_matches(out, ds_reference[3])
