@@ -688,3 +688,64 @@ def test_deepspeed_zero3_kill_inside_checkpoint_then_resume_matches(small_corpus
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "rank 1's manifest is missing" in proc.stderr and "step_00000002 at step 2" in proc.stderr
     assert_ds_matches(out, ds_reference[3])
+
+
+# --- the HF Trainer entry point (examples/run_mlm_sift.py, SiftTrainer) ------------------------------------
+
+
+def hf_launch(root, out, fault=None, resume=False):
+    """examples/run_mlm_sift.py, micro BERT, 8 steps of 4 per epoch, a checkpoint every 2 (a Popen)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SIFT_FAULT_POINT", None)
+    if fault:
+        env["SIFT_FAULT_POINT"] = fault
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_mlm_sift.py"
+    argv = [sys.executable, str(script), "--train_file", str(root / "train.txt"), "--tokenizer_name",
+            str(root / "tokenizer.json"), "--model_type", "bert", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64", "--max_seq_length", "32",
+            "--line_by_line", "true", "--per_device_train_batch_size", "8", "--max_steps", "8", "--logging_steps", "1",
+            "--max_eval_samples", "16", "--max_train_samples", "32", "--use_cpu", "true", "--report_to", "none",
+            "--disable_tqdm", "true", "--learning_rate", "1e-3", "--keep", "0.5", "--exit_layer", "1",
+            "--selection", "entropy", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(out),
+            *(["--resume_from_checkpoint", "last"] if resume else [])]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_hf_trainer_killed_inside_a_checkpoint_resumes_bitwise(tmp_path):
+    """SiftTrainer (the example script): SIGKILL inside the step-6 checkpoint write (model, optimizer, RNG
+    written; SIFT state and trainer_state.json not). ``--resume_from_checkpoint last`` skips the torn folder
+    with one warning (the stock Trainer would pick it), resumes from step 4 (an epoch boundary: the stock
+    collator masks on the fly, exact there) and logs bitwise the uninterrupted run's losses, grad norms and
+    SIFT fields, ending with the same weights."""
+    pytest.importorskip("accelerate")
+    pytest.importorskip("datasets")
+    from safetensors.torch import load_file
+
+    from sift_fast.data import BUNDLED_CORPUS
+    from sift_fast.data.tokenizer import hf_tokenizer
+
+    text = BUNDLED_CORPUS.read_text(encoding="utf-8")[:60_000]
+    (tmp_path / "train.txt").write_text(text, encoding="utf-8")
+    tok = hf_tokenizer("train", train_texts=text.splitlines(), vocab_size=512, cache_dir=tmp_path / "cache")
+    tok.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    procs = [hf_launch(tmp_path, ref), hf_launch(tmp_path, out, fault="checkpoint-write:3")]  # side by side
+    (_, ref_err), (_, err) = (p.communicate(timeout=240) for p in procs)
+    assert procs[0].returncode == 0, ref_err[-3000:]
+    assert procs[1].returncode == -signal.SIGKILL, err[-3000:]
+    assert not (out / "checkpoint-6" / "trainer_state.json").exists() and (out / "checkpoint-6").is_dir()
+    p = hf_launch(tmp_path, out, resume=True)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err[-3000:]
+    warn = [ln for ln in err.splitlines() if ln.startswith("warning: skipping")]
+    assert len(warn) == 1 and "checkpoint-6: cut short while saving" in warn[0], err[-3000:]
+
+    def history(d):
+        logs = json.loads((d / "trainer_state.json").read_text())["log_history"]
+        return [{k: v for k, v in h.items() if k in ("step", "loss", "grad_norm", "learning_rate") or
+                 (k.startswith("sift/") and k != "sift/score_share")} for h in logs if "loss" in h]
+
+    assert [h["step"] for h in history(out)] == list(range(1, 9))
+    assert history(out) == history(ref)
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
