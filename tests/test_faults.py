@@ -749,3 +749,23 @@ def test_hf_trainer_killed_inside_a_checkpoint_resumes_bitwise(tmp_path):
     assert history(out) == history(ref)
     a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("peer", ["SIGTERM", "time budget"])
+def test_multi_rank_stop_is_decided_at_the_log_flush_from_every_rank(peer, micro_cfg, tmp_path):
+    """The stop decisions under DeepSpeed, with this rank's peers faked: a SIGTERM or a time budget seen by
+    another rank only stops this one at the first log flush (step 4), never in between."""
+    budget = {"time_budget_s": 1e6} if peer == "time budget" else {}  # this rank's clock stays far below it
+    tr = Trainer(micro_cfg(out=str(tmp_path / "r"), max_steps=12, log_every=4, checkpoint_every=0, **budget))
+    tr.engine.world_size = 2  # what the all-reduce would return: the other rank's values
+    seen = []
+
+    def any_rank(values):
+        seen.append((tr.step, list(values)))
+        return [int(signal.SIGTERM), 0] if peer == "SIGTERM" else [values[0], 1]
+
+    tr.engine.any_rank = any_rank
+    summary = tr.run()
+    assert seen == [(4, [0, 0])] and tr.step == 4  # one all-reduce, at the flush; this rank saw nothing itself
+    assert summary.get("stopped_by") == ("SIGTERM" if peer == "SIGTERM" else None)
+    assert list_checkpoints(tmp_path / "r" / "checkpoints")[-1][0] == 4

@@ -320,10 +320,11 @@ class DeepSpeedEngine:
             raise ConfigError(f"DeepSpeed could not load the checkpoint {directory / chosen}")
         return state, directory / chosen
 
-    def any_rank(self, value: int) -> int:
-        """The largest ``value`` over the ranks (one tiny all-reduce; the trainer calls it at log flushes only)."""
+    def any_rank(self, values: list[int]) -> list[int]:
+        """The largest of each of ``values`` over the ranks (one tiny all-reduce; the trainer calls it at log
+        flushes only)."""
         import torch.distributed as dist
 
-        t = torch.tensor([float(value)], device=self.device)
+        t = torch.tensor([float(v) for v in values], device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return int(t.item())
+        return [int(v) for v in t.tolist()]

@@ -121,6 +121,7 @@ class Trainer:
         self.bad_total = 0
         self.stop_signal: int | None = None  # SIGTERM / SIGINT received: checkpoint after this step, exit 0
         self.stop_agreed = False  # under DeepSpeed: every rank has agreed to stop (at a log flush)
+        self.budget_agreed = False  # under DeepSpeed: some rank's clock reached --time-budget-s (at a log flush)
 
     # --- checkpoint -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -296,7 +297,8 @@ class Trainer:
         restore = self._install_signal_handlers()
         try:
             while self.step < tc.max_steps:
-                if tc.time_budget_s and self.train_time >= tc.time_budget_s:
+                if tc.time_budget_s and (self.train_time >= tc.time_budget_s if self.engine.world_size == 1
+                                         else self.budget_agreed):  # DeepSpeed: agreed at the log flush
                     self.console.log(f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
                     break
                 profile.step_begin(self.step)
@@ -359,15 +361,19 @@ class Trainer:
         return self.stop_signal is not None and (self.engine.world_size == 1 or self.stop_agreed)
 
     def _agree_stop(self) -> None:
-        """Under DeepSpeed: make the stop decision collective at the log flush (every rank flushes at the same
-        steps). One tiny all-reduce of the signal number (0: none); a signal on any rank stops every rank
-        after this step, so all of them write the same collective checkpoint."""
+        """Under DeepSpeed: make the stop decisions collective at the log flush (every rank flushes at the same
+        steps). One tiny all-reduce of [signal number (0: none), time budget reached]: a signal on any rank
+        stops every rank after this step, so all of them write the same collective checkpoint; the time budget
+        (each rank has its own clock) ends the run on every rank at the same step."""
         if self.engine.world_size == 1:
             return
-        signum = self.engine.any_rank(self.stop_signal or 0)
+        tc = self.cfg.train
+        budget = int(bool(tc.time_budget_s) and self.train_time >= tc.time_budget_s)
+        signum, budget = self.engine.any_rank([self.stop_signal or 0, budget])
         if signum:
             self.stop_signal = self.stop_signal or signum
             self.stop_agreed = True
+        self.budget_agreed = bool(budget)
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         """SIGTERM / SIGINT: finish the step (under DeepSpeed: up to the next log flush, where the ranks agree
