@@ -305,6 +305,8 @@ class DeepSpeedEngine:
                 print(f"warning: skipping incomplete or corrupt checkpoint {directory / name} ({bad}); trying the "
                       "previous one", file=sys.stderr, flush=True)
         if chosen is None:
+            if all(w is None or "manifest is missing" in w for ws in reasons.values() for w in ws):
+                return None  # only tags never finished (killed in the first save): like no checkpoint at all
             if any("no state for rank" in str(w) for ws in reasons.values() for w in ws):
                 raise ConfigError(f"checkpoints in {directory} were written by another number of ranks (no state "
                                   f"for some of the {self.world_size}): resume needs the same world size")
