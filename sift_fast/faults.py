@@ -5,8 +5,9 @@ set, the point, rank and time are appended to that file first (a test measures f
 ended). Unset (the normal case), it costs a dict lookup. Named points: ``step`` (after an optimizer step),
 ``eval`` (after an eval, before its record), ``metrics-flush`` (half of a flush's records written),
 ``checkpoint-write`` (single process: the checkpoint's temp file written, not yet renamed; DeepSpeed: this
-rank's trainer state written, DeepSpeed's files not yet), ``checkpoint-manifest`` (the checkpoint files
-complete, this rank's manifest not yet written).
+rank's trainer state written, DeepSpeed's files not yet; SiftTrainer: the Trainer's model, optimizer and RNG
+files written, the SIFT state and ``trainer_state.json`` not yet), ``checkpoint-manifest`` (the checkpoint
+files complete, this rank's manifest not yet written).
 """
 
 from __future__ import annotations

@@ -136,13 +136,6 @@ class _ScoringEngine:
         return gathered_for_scoring(self.module, exit_layer)
 
 
-class _FaultPoints(transformers.TrainerCallback):
-    """``sift_fast.faults`` point ``step`` after every optimizer step (test-only kill points; a dict lookup)."""
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        fault_point("step")
-
-
 def complete_checkpoints(output_dir: str | Path, process_index: int = 0) -> tuple[list[Path], list[Path]]:
     """``checkpoint-N`` folders of ``output_dir``, newest first: (complete, torn). The Trainer writes a
     checkpoint in place and its ``trainer_state.json`` last, after the SIFT state: a folder without both was
@@ -182,7 +175,6 @@ class SiftTrainer(transformers.Trainer):
         self.sift_totals = {"candidates": 0, "backprop_samples": 0}
         self._sift_window: dict[str, float] = {}
         self._sift_last_log = time.perf_counter()
-        self.add_callback(_FaultPoints())
 
     # --- start-up checks -------------------------------------------------------------------------
     def _sift_check_data(self) -> None:
