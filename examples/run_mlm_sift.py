@@ -141,13 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             train = train.select(range(min(len(train), data.max_train_samples)))
         if data.max_eval_samples:
             valid = valid.select(range(min(len(valid), data.max_eval_samples)))
+        transformers.set_seed(targs.seed)  # as run_mlm.py: the model's initial weights follow --seed
         model = build_model(margs, tok)
         collator = DataCollatorForLanguageModeling(tok, mlm_probability=data.mlm_probability,
                                                    pad_to_multiple_of=8 if data.line_by_line else None)
         trainer = SiftTrainer(model=model, args=targs, train_dataset=train,
                               eval_dataset=valid, processing_class=tok, data_collator=collator,
                               sift_args=sift)  # the one changed line: Trainer(...) -> SiftTrainer(..., sift_args=)
-        result = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
+        resume = targs.resume_from_checkpoint
+        resume = True if resume in ("last", "true", "True") else resume  # "last": the newest complete checkpoint
+        result = trainer.train(resume_from_checkpoint=resume)
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)

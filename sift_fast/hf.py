@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,6 +41,7 @@ from torch.nn import functional as F
 from sift_fast.config import SiftConfig
 from sift_fast.data.batch import Batch
 from sift_fast.errors import ConfigError
+from sift_fast.faults import fault_point
 from sift_fast.io import atomic_torch_save
 from sift_fast.models.hf import MLMEncoder, adapter_for
 from sift_fast.scoring import compute_scores, criterion_for, wants_scores
@@ -132,6 +134,16 @@ class _ScoringEngine:
         from sift_fast.distributed.engine import gathered_for_scoring
 
         return gathered_for_scoring(self.module, exit_layer)
+
+
+def complete_checkpoints(output_dir: str | Path, process_index: int = 0) -> tuple[list[Path], list[Path]]:
+    """``checkpoint-N`` folders of ``output_dir``, newest first: (complete, torn). The Trainer writes a
+    checkpoint in place and its ``trainer_state.json`` last, after the SIFT state: a folder without both was
+    cut short (killed while saving) and cannot be resumed from."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and p.name[11:].isdigit()]
+    found.sort(key=lambda p: int(p.name[11:]), reverse=True)
+    ok = [p for p in found if (p / "trainer_state.json").is_file() and (p / STATE_FILE.format(process_index)).is_file()]
+    return ok, [p for p in found if p not in ok]
 
 
 class SiftTrainer(transformers.Trainer):
@@ -321,15 +333,21 @@ class SiftTrainer(transformers.Trainer):
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
+        fault_point("checkpoint-write")  # model, optimizer and RNG written; SIFT state and trainer_state.json not
         atomic_torch_save(self.sift_state_dict(), Path(output_dir) / STATE_FILE.format(self.args.process_index))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
         """``Trainer.train``; a resumed run also restores the selector state saved in the checkpoint."""
         ckpt = resume_from_checkpoint
-        if isinstance(ckpt, bool) and ckpt:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            ckpt = get_last_checkpoint(self.args.output_dir)
+        if isinstance(ckpt, bool) and ckpt:  # the newest complete checkpoint (the stock Trainer takes the newest)
+            ok, torn = complete_checkpoints(self.args.output_dir, self.args.process_index)
+            for p in torn:
+                if not ok or int(p.name[11:]) > int(ok[0].name[11:]):
+                    print(f"warning: skipping {p}: cut short while saving (no trainer_state.json or SIFT state); "
+                          "resuming from the previous one", file=sys.stderr)
+            if not ok:
+                raise ConfigError(f"resume_from_checkpoint: no complete checkpoint in {self.args.output_dir}")
+            ckpt = resume_from_checkpoint = str(ok[0])
         if isinstance(ckpt, (str, os.PathLike)):
             path = Path(ckpt) / STATE_FILE.format(self.args.process_index)
             if not path.is_file():

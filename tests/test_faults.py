@@ -352,6 +352,8 @@ def bad(tmp_path_factory, small_corpus):
     put("badsection.json", json.dumps({"sift": 3}))
     put("afile", "not a directory")
     put("tok.json", "{not a tokenizer")
+    put("small_vocab.txt", "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "d", "e"]) + "\n")
+    put("warmup.json", json.dumps({"optim": {"lr_warmup_steps": 50}}))
     import numpy as np
 
     from sift_fast.data.indexed import write_indexed
@@ -438,6 +440,13 @@ BAD_INPUTS = {
     "megatron idx truncated": (["--data", "megatron:{dir}/trunc", "--vocab", "bundled"], "trunc.idx"),
     "megatron bin truncated": (["--data", "megatron:{dir}/shortbin", "--vocab", "bundled"], "truncated"),
     "world size without deepspeed": (["--max-steps", "2"], "without --deepspeed"),  # WORLD_SIZE=2 below
+    "tokenizer does not match megatron ids": (["--data", "megatron:{dir}/meg", "--vocab", "{small_vocab_txt}"],
+                                              ("meg.bin: token id 59 is outside the vocabulary of --vocab",
+                                               "small_vocab.txt (10 ids)", "meg.idx")),
+    "lr warmup past max steps": (["--lr-warmup-steps", "50"], "--lr-warmup-steps 50 is past --max-steps 10"),
+    "lr warmup past max steps, time budget": (["--lr-warmup-steps", "50", "--time-budget-s", "60"],
+                                              "--lr-warmup-steps 50 is past --max-steps 10"),
+    "lr warmup past max steps, config file": (["--config", "{warmup_json}"], "--lr-warmup-steps 50 is past"),
 }
 
 
@@ -451,7 +460,8 @@ def test_bad_input_is_one_line_exit_2_nothing_written(name, bad, tmp_path, capsy
             "--max-steps", "10"]
     code, err = run_cli_capture(base + [a.format(**bad) for a in argv], capsys)
     assert code == 2, err
-    assert len(err) == 1 and err[0].startswith("sift-pretrain: error:") and needle in err[0], err
+    needles = (needle,) if isinstance(needle, str) else needle
+    assert len(err) == 1 and err[0].startswith("sift-pretrain: error:") and all(n in err[0] for n in needles), err
     assert not out.exists(), list(out.rglob("*"))
     assert not (Path(bad["dir"]) / "YAML_PWNED").exists()
 
@@ -517,3 +527,246 @@ def test_deepspeed_checkpoint_reads_are_guarded(tmp_path):
     with pytest.raises(CheckpointError, match="posix.system"):
         ds.checkpoint_engine.load(str(evil), map_location=None)
     assert not marker.exists()
+
+
+# --- DeepSpeed: 2 gloo ranks under torchrun, ZeRO 1 and 3 ---------------------------------------------
+
+DS_STEPS = 16
+
+
+def ds_argv(corpus, out, stage):
+    return ["-m", "sift_fast.pretrain", "--deepspeed", "--deepspeed_config",
+            str(Path(__file__).resolve().parents[1] / "configs" / f"ds_zero{stage}.json"), "--preset", "micro",
+            "--data", corpus["data"], "--cache-dir", corpus["cache_dir"], "--out", str(out), "--max-steps",
+            str(DS_STEPS), "--checkpoint-every", "2", "--log-every", "2", "--eval-every", "4", "--max-checkpoints",
+            "2", "--selection", "entropy", "--num-threads", "1", "--dist-timeout", "10"]
+
+
+def ds_launch(corpus, out, stage, fault=None, resume=False, wait=True):
+    """``torchrun --nproc_per_node 2 sift_fast.pretrain --deepspeed …`` (a Popen when ``wait`` is False)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+           "SIFT_FAULT_LOG": str(Path(out).parent / "faults.log")}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SIFT_FAULT_POINT"):
+        env.pop(key, None)
+    if fault:
+        env["SIFT_FAULT_POINT"] = fault
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           *ds_argv(corpus, out, stage), *(["--resume"] if resume else [])]
+    if not wait:
+        log = open(Path(out).parent / "launcher.log", "w")
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def ds_tags(out):
+    return sorted(p.name for p in (Path(out) / "checkpoints").glob("step_*"))
+
+
+def ds_tensors(out):
+    """Every tensor of the newest DeepSpeed tag (model states, ZeRO shards), by file and key path."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from sift_fast.train.checkpoint import safe_load
+
+    tag = Path(out) / "checkpoints" / ds_tags(out)[-1]
+    found = {}
+
+    def walk(x, where):
+        if isinstance(x, torch.Tensor):
+            found[where] = x
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{where}.{k}")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{where}[{i}]")
+
+    for f in sorted(tag.glob("*_states.pt")):
+        walk(safe_load(f, extra=(LossScaler, ZeroStageEnum, fragment_address)), f.name)
+    return tag.name, found
+
+
+@pytest.fixture(scope="module")
+def ds_reference(small_corpus, tmp_path_factory):
+    """Uninterrupted 2-rank runs, ZeRO 1 and ZeRO 3 (launched together: the launches are mostly start-up)."""
+    pytest.importorskip("deepspeed")
+    outs = {stage: tmp_path_factory.mktemp(f"ds_ref{stage}") / "run" for stage in (1, 3)}
+    procs = {stage: ds_launch(small_corpus, out, stage, wait=False) for stage, out in outs.items()}
+    for stage, p in procs.items():
+        assert p.wait(timeout=300) == 0, (outs[stage].parent / "launcher.log").read_text()[-3000:]
+    return {stage: {"records": records(out), "tensors": ds_tensors(out)} for stage, out in outs.items()}
+
+
+def assert_ds_matches(out, ref):
+    got = records(out)
+    assert [r["step"] for r in got if r["type"] == "step"] == list(range(1, DS_STEPS + 1))
+    assert len(got) == len(ref["records"])
+    for i, (a, b) in enumerate(zip(ref["records"], got)):
+        assert a == b, f"line {i + 1}: {a} != {b}"
+    tag, tensors = ds_tensors(out)
+    assert tag == ref["tensors"][0] and tensors.keys() == ref["tensors"][1].keys()
+    for k, v in ref["tensors"][1].items():
+        assert v.dtype == tensors[k].dtype and torch.equal(v, tensors[k]), k
+
+
+def fault_time(out):
+    return float((Path(out).parent / "faults.log").read_text().split()[-1])
+
+
+def test_deepspeed_zero1_kill_rank_sigterm_kill_launcher_torn_tag_then_resume_matches(
+        small_corpus, ds_reference, tmp_path):
+    """ZeRO 1, 2 ranks: SIGKILL rank 1 (the job fails fast), SIGTERM one rank (both stop at the same step,
+    exit 0), SIGKILL the launcher (the ranks stop together, no orphan), a newest tag damaged on rank 1 only
+    (skipped on both ranks); the final resume equals the uninterrupted run line for line and bitwise."""
+    out = tmp_path / "run"
+    proc = ds_launch(small_corpus, out, 1, fault="step:5@1")
+    ended = __import__("time").time()
+    assert proc.returncode != 0 and ended - fault_time(out) < 30, (proc.returncode, ended - fault_time(out))
+    assert "rank 0: error:" in proc.stderr and "another rank probably died" in proc.stderr, proc.stderr[-3000:]
+    assert ds_tags(out) == ["step_00000002", "step_00000004"]
+
+    proc = ds_launch(small_corpus, out, 1, fault="step:3:TERM@1", resume=True)  # rank 1 only, after step 7
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped by SIGTERM after step 8;" in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert sorted(p.name for p in (out / "checkpoints" / "step_00000008").glob("manifest_rank*")) == \
+        ["manifest_rank00000.json", "manifest_rank00001.json"]
+
+    import time
+
+    p = ds_launch(small_corpus, out, 1, resume=True, wait=False)
+    log, deadline = tmp_path / "launcher.log", time.time() + 240
+    while not re.search(r"^step +10/", log.read_text(errors="replace"), re.M):
+        assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)  # the launcher only: its ranks are in sessions of their own
+    killed = time.time()
+    p.wait(timeout=30)
+
+    def ranks_alive():
+        alive = []
+        for stat in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if str(out).encode() in stat.read_bytes():
+                    alive.append(stat.parent.name)
+            except OSError:
+                pass
+        return alive
+
+    while ranks_alive() and time.time() - killed < 60:
+        time.sleep(0.1)
+    assert not ranks_alive(), "ranks outlived their launcher"
+    text = log.read_text(errors="replace")
+    assert "stopped by the launcher's exit after step 12;" in text, text[-3000:]
+    assert ds_tags(out) == ["step_00000010", "step_00000012"]
+
+    shard = out / "checkpoints" / "step_00000012" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:1000])  # the newest tag, torn on rank 1 only
+    proc = ds_launch(small_corpus, out, 1, resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    warn = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning: skipping")]
+    assert len(warn) == 1 and "step_00000012 (rank 1: zero_pp_rank_1" in warn[0], proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and "step_00000010 at step 10" in proc.stderr  # rank 0 as well
+    assert_ds_matches(out, ds_reference[1])
+
+
+def test_deepspeed_zero3_kill_inside_the_first_checkpoint_then_resume_matches(small_corpus, ds_reference, tmp_path):
+    """ZeRO 3, 2 ranks: SIGKILL rank 1 after DeepSpeed wrote the first tag (step 2), before its manifest: rank 0's
+    part of that tag verifies, rank 1's does not, so both ranks agree there is no checkpoint yet (rank 0 alone
+    would have resumed from step 2) and start afresh; the resume equals the uninterrupted run."""
+    out = tmp_path / "run"
+    proc = ds_launch(small_corpus, out, 3, fault="checkpoint-manifest:1@1")
+    assert proc.returncode != 0 and __import__("time").time() - fault_time(out) < 30
+    tag = out / "checkpoints" / "step_00000002"
+    assert (tag / "manifest_rank00000.json").is_file() and not (tag / "manifest_rank00001.json").exists()
+    proc = ds_launch(small_corpus, out, 3, resume=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1's manifest is missing" in proc.stderr and "starting from step 0" in proc.stderr, proc.stderr[-3000:]
+    assert_ds_matches(out, ds_reference[3])
+
+
+# --- the HF Trainer entry point (examples/run_mlm_sift.py, SiftTrainer) ------------------------------------
+
+
+def hf_launch(root, out, fault=None, resume=False):
+    """examples/run_mlm_sift.py, micro BERT, 8 steps of 4 per epoch, a checkpoint every 2 (a Popen)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("SIFT_FAULT_POINT", None)
+    if fault:
+        env["SIFT_FAULT_POINT"] = fault
+    script = Path(__file__).resolve().parents[1] / "examples" / "run_mlm_sift.py"
+    argv = [sys.executable, str(script), "--train_file", str(root / "train.txt"), "--tokenizer_name",
+            str(root / "tokenizer.json"), "--model_type", "bert", "--config_overrides",
+            "hidden_size=32,num_hidden_layers=2,num_attention_heads=2,intermediate_size=64", "--max_seq_length", "32",
+            "--line_by_line", "true", "--per_device_train_batch_size", "8", "--max_steps", "8", "--logging_steps", "1",
+            "--max_eval_samples", "16", "--max_train_samples", "32", "--use_cpu", "true", "--report_to", "none",
+            "--disable_tqdm", "true", "--learning_rate", "1e-3", "--keep", "0.5", "--exit_layer", "1",
+            "--selection", "entropy", "--save_strategy", "steps", "--save_steps", "2", "--output_dir", str(out),
+            *(["--resume_from_checkpoint", "last"] if resume else [])]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_hf_trainer_killed_inside_a_checkpoint_resumes_bitwise(tmp_path):
+    """SiftTrainer (the example script): SIGKILL inside the step-6 checkpoint write (model, optimizer, RNG
+    written; SIFT state and trainer_state.json not). ``--resume_from_checkpoint last`` skips the torn folder
+    with one warning (the stock Trainer would pick it), resumes from step 4 (an epoch boundary: the stock
+    collator masks on the fly, exact there) and logs bitwise the uninterrupted run's losses, grad norms and
+    SIFT fields, ending with the same weights."""
+    pytest.importorskip("accelerate")
+    pytest.importorskip("datasets")
+    from safetensors.torch import load_file
+
+    from sift_fast.data import BUNDLED_CORPUS
+    from sift_fast.data.tokenizer import hf_tokenizer
+
+    text = BUNDLED_CORPUS.read_text(encoding="utf-8")[:60_000]
+    (tmp_path / "train.txt").write_text(text, encoding="utf-8")
+    tok = hf_tokenizer("train", train_texts=text.splitlines(), vocab_size=512, cache_dir=tmp_path / "cache")
+    tok.backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    procs = [hf_launch(tmp_path, ref), hf_launch(tmp_path, out, fault="checkpoint-write:3")]  # side by side
+    (_, ref_err), (_, err) = (p.communicate(timeout=240) for p in procs)
+    assert procs[0].returncode == 0, ref_err[-3000:]
+    assert procs[1].returncode == -signal.SIGKILL, err[-3000:]
+    assert not (out / "checkpoint-6" / "trainer_state.json").exists() and (out / "checkpoint-6").is_dir()
+    p = hf_launch(tmp_path, out, resume=True)
+    _, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err[-3000:]
+    warn = [ln for ln in err.splitlines() if ln.startswith("warning: skipping")]
+    assert len(warn) == 1 and "checkpoint-6: cut short while saving" in warn[0], err[-3000:]
+
+    def history(d):
+        logs = json.loads((d / "trainer_state.json").read_text())["log_history"]
+        return [{k: v for k, v in h.items() if k in ("step", "loss", "grad_norm", "learning_rate") or
+                 (k.startswith("sift/") and k != "sift/score_share")} for h in logs if "loss" in h]
+
+    assert [h["step"] for h in history(out)] == list(range(1, 9))
+    assert history(out) == history(ref)
+    a, b = load_file(ref / "model.safetensors"), load_file(out / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("peer", ["SIGTERM", "time budget"])
+def test_multi_rank_stop_is_decided_at_the_log_flush_from_every_rank(peer, micro_cfg, tmp_path):
+    """The stop decisions under DeepSpeed, with this rank's peers faked: a SIGTERM or a time budget seen by
+    another rank only stops this one at the first log flush (step 4), never in between."""
+    budget = {"time_budget_s": 1e6} if peer == "time budget" else {}  # this rank's clock stays far below it
+    tr = Trainer(micro_cfg(out=str(tmp_path / "r"), max_steps=12, log_every=4, checkpoint_every=0, **budget))
+    tr.engine.world_size = 2  # what the all-reduce would return: the other rank's values
+    seen = []
+
+    def any_rank(values):
+        seen.append((tr.step, list(values)))
+        return [int(signal.SIGTERM), 0] if peer == "SIGTERM" else [values[0], 1]
+
+    tr.engine.any_rank = any_rank
+    summary = tr.run()
+    assert seen == [(4, [0, 0])] and tr.step == 4  # one all-reduce, at the flush; this rank saw nothing itself
+    assert summary.get("stopped_by") == ("SIGTERM" if peer == "SIGTERM" else None)
+    assert list_checkpoints(tmp_path / "r" / "checkpoints")[-1][0] == 4

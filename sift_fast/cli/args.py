@@ -121,7 +121,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
             if value is not None:
                 flags[f.name] = value
     layers.append(flags)
-    return build_config(*layers)
+    cfg = build_config(*layers)
+    check_lr_warmup(cfg, explicit="lr_warmup_steps" in flags or _mentions(file_layer, "lr_warmup_steps"))
+    return cfg
+
+
+def _mentions(layer: Any, key: str) -> bool:
+    return isinstance(layer, dict) and any(k == key or _mentions(v, key) for k, v in layer.items())
+
+
+def check_lr_warmup(cfg: Config, explicit: bool) -> None:
+    """An LR warmup asked for (flag or config file) longer than ``max_steps`` is refused: the LR would never
+    reach its peak. Also with a time budget: ``max_steps`` still bounds the steps (warmup counts steps), so
+    the warmup could never finish. A preset's own warmup past a short ``max_steps`` (smoke runs) only warns
+    (at the start of the run)."""
+    w, steps = cfg.optim.lr_warmup_steps, cfg.train.max_steps
+    if explicit and w > steps:
+        raise ConfigError(f"--lr-warmup-steps {w} is past --max-steps {steps}: the learning rate would never reach "
+                          "its peak; lower --lr-warmup-steps or raise --max-steps")
 
 
 def _one_line_warnings(prog: str):

@@ -159,8 +159,9 @@ def check_vocab_range(ds: IndexedTokens, vocab: Vocab) -> None:
         lo, hi = min(lo, int(part.min())), max(hi, int(part.max()))
     if hi >= vocab.vocab_size or lo < 0:
         raise DataError(
-            f"{ds.bin_path}: token id {hi if hi >= vocab.vocab_size else lo} is outside the vocabulary "
-            f"({vocab.vocab_size} ids); pass --vocab with the tokenizer the dataset was preprocessed with"
+            f"{ds.bin_path}: token id {hi if hi >= vocab.vocab_size else lo} is outside the vocabulary of "
+            f"--vocab {vocab.source or '(the tokenizer)'} ({vocab.vocab_size} ids); pass --vocab with the tokenizer "
+            f"{ds.idx_path.name} / {ds.bin_path.name} were preprocessed with"
         )
 
 

@@ -41,6 +41,7 @@ class Vocab:
     unk_id: int
     special_ids: tuple[int, ...]
     fingerprint: str  # sha256 prefix of the serialized tokenizer (vocab + normalization)
+    source: str = ""  # what --vocab named (for error lines)
 
 
 def load_tokenizer(

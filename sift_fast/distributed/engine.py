@@ -16,15 +16,20 @@ the full forward/backward stays complete and valid, and the gathered parameters 
 
 Checkpoints. ``save_checkpoint`` is collective: ``engine.save_checkpoint`` (``save_latest=False``)
 writes ``DIR/step_XXXXXXXX/`` (model, ZeRO shards, the client LR scheduler); every rank also writes its
-trainer state (selector, data position, RNG, counters) as ``sift_rankNNNNN.pt``; after DeepSpeed's
-closing barrier rank 0 writes ``DIR/latest`` atomically and prunes old tags. Resume needs the same
-world size (checked with a clear error).
+trainer state (selector, data position, RNG, counters) as ``sift_rankNNNNN.pt`` and, after DeepSpeed's
+closing barrier, ``manifest_rankNNNNN.json`` (size and sha256 of every file it wrote); then rank 0 writes
+``DIR/latest`` atomically and prunes old tags. Resume takes the newest tag whose manifests verify on every
+rank (the ranks agree through an all-gather, so a tag torn or damaged on one rank is skipped on all).
+Resume needs the same world size (checked with a clear error).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import re
 import shutil
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +40,10 @@ from torch import nn
 
 from sift_fast.config import Config
 from sift_fast.errors import ConfigError
-from sift_fast.io import atomic_torch_save, atomic_write_text
+from sift_fast.faults import fault_point
+from sift_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from sift_fast.models.hf import MLMEncoder, MLMOutput
-from sift_fast.train.checkpoint import load_checkpoint, safe_load
+from sift_fast.train.checkpoint import CheckpointError, load_checkpoint, safe_load, sha256_file
 from sift_fast.train.engine import zero_stage
 from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler, param_groups
 
@@ -209,15 +215,37 @@ class DeepSpeedEngine:
                               f"stage {self.zero_stage}: resume with the same stage")
 
     # --- checkpoints --------------------------------------------------------------------------------
+    def _owned(self, tag_dir: Path) -> list[Path]:
+        """The files of ``tag_dir`` this rank wrote: its trainer state and ZeRO shards (rank 0: also the rest)."""
+        own = re.compile(rf"(^sift_rank{self.rank:05d}\.pt$|(^|_)pp_rank_{self.rank}_)")
+        anyone = re.compile(r"(^sift_rank\d+\.pt$|(^|_)pp_rank_\d+_|^manifest_rank)")
+        return sorted(p for p in tag_dir.iterdir() if p.is_file() and not p.name.startswith(".")
+                      and (own.search(p.name) or (self.rank == 0 and not anyone.search(p.name))))
+
+    def _manifest(self, tag_dir: Path) -> Path:
+        return tag_dir / f"manifest_rank{self.rank:05d}.json"
+
     def save_checkpoint(self, directory: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-        """Collective: DeepSpeed's files plus every rank's trainer state; ``DIR/latest`` names the tag."""
+        """Collective: DeepSpeed's files, every rank's trainer state and its manifest; then ``DIR/latest``.
+
+        A tag is complete when every rank's manifest (size and sha256 of the files that rank wrote) is there
+        and matches; :meth:`load_checkpoint` takes the newest tag complete on all ranks.
+        """
         import torch.distributed as dist
 
         directory = Path(directory)
         tag = f"{_TAG_PREFIX}{step:08d}"
-        atomic_torch_save(state, directory / tag / f"sift_rank{self.rank:05d}.pt")
+        tag_dir = directory / tag
+        self._manifest(tag_dir).unlink(missing_ok=True)  # a tag written again (after a resume) is incomplete first
+        atomic_torch_save(state, tag_dir / f"sift_rank{self.rank:05d}.pt")
+        fault_point("checkpoint-write")
         dist.barrier()
         self.ds.save_checkpoint(str(directory), tag=tag, save_latest=False)  # ends with a barrier
+        fault_point("checkpoint-manifest")
+        files = {p.name: {"size": p.stat().st_size, "sha256": sha256_file(p)} for p in self._owned(tag_dir)}
+        atomic_write_json(self._manifest(tag_dir), {"tag": tag, "rank": self.rank, "world_size": self.world_size,
+                                                    "files": files})
+        dist.barrier()
         if self.rank == 0:
             atomic_write_text(directory / "latest", tag)
             tags = sorted(p for p in directory.glob(f"{_TAG_PREFIX}*") if p.is_dir())
@@ -225,25 +253,80 @@ class DeepSpeedEngine:
                 if old.name != tag:
                     shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
-        return directory / tag
+        return tag_dir
+
+    def _verify_tag(self, tag_dir: Path, latest: str | None) -> str | None:
+        """Why this rank's part of ``tag_dir`` is incomplete or corrupt (None when it verifies)."""
+        man = self._manifest(tag_dir)
+        if not (tag_dir / f"sift_rank{self.rank:05d}.pt").is_file():
+            saved = len(list(tag_dir.glob("sift_rank*.pt")))
+            return f"no state for rank {self.rank} (written by {saved} ranks)"
+        if not man.is_file():  # a checkpoint of an earlier version (no manifests) counts when `latest` names it
+            legacy = tag_dir.name == latest and not list(tag_dir.glob("manifest_rank*.json"))
+            return None if legacy else f"rank {self.rank}'s manifest is missing (killed while writing?)"
+        try:
+            files = json.loads(man.read_text())["files"]
+            for name, want in files.items():
+                p = tag_dir / name
+                if not p.is_file():
+                    return f"{name} is missing"
+                if p.stat().st_size != int(want["size"]):
+                    return f"{name} has {p.stat().st_size} bytes, its manifest says {want['size']}"
+                if sha256_file(p) != want["sha256"]:
+                    return f"{name} does not match its sha256"
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"{man.name} is unreadable ({type(exc).__name__})"
+        return None
 
     def load_checkpoint(self, directory: Path) -> tuple[dict[str, Any], Path] | None:
-        """The trainer state of the latest checkpoint, after DeepSpeed loaded its part; None when there is none."""
+        """The newest checkpoint complete on every rank (agreed with one all-gather per tag tried), after
+        DeepSpeed loaded its part; None when there is none. A tag torn on any rank is skipped on all of them."""
+        import torch.distributed as dist
+
         directory = Path(directory)
-        latest = directory / "latest"
-        if not latest.is_file():
+        tags = sorted((p for p in directory.glob(f"{_TAG_PREFIX}*") if p.is_dir()), reverse=True)
+        latest = (directory / "latest").read_text().strip() if (directory / "latest").is_file() else None
+        found: list[Any] = [None] * self.world_size
+        dist.all_gather_object(found, [t.name for t in tags])
+        names = sorted(set.intersection(*(set(f) for f in found)), reverse=True)  # tags every rank sees
+        if not names:
             return None
-        tag = latest.read_text().strip()
-        mine = directory / tag / f"sift_rank{self.rank:05d}.pt"
-        if not mine.is_file():
-            saved = len(list((directory / tag).glob("sift_rank*.pt")))
-            raise ConfigError(f"checkpoint {directory / tag} was written by {saved} ranks and has no state for rank "
-                              f"{self.rank} of {self.world_size}: resume needs the same world size")
+        reasons: dict[str, list] = {}
+        chosen = None
+        for name in names:
+            why: list[Any] = [None] * self.world_size
+            dist.all_gather_object(why, self._verify_tag(directory / name, latest))
+            if all(w is None for w in why):
+                chosen = name
+                break
+            reasons[name] = why
+            if self.rank == 0:
+                bad = "; ".join(f"rank {r}: {w}" for r, w in enumerate(why) if w is not None)
+                print(f"warning: skipping incomplete or corrupt checkpoint {directory / name} ({bad}); trying the "
+                      "previous one", file=sys.stderr, flush=True)
+        if chosen is None:
+            if all(w is None or "manifest is missing" in w for ws in reasons.values() for w in ws):
+                return None  # only tags never finished (killed in the first save): like no checkpoint at all
+            if any("no state for rank" in str(w) for ws in reasons.values() for w in ws):
+                raise ConfigError(f"checkpoints in {directory} were written by another number of ranks (no state "
+                                  f"for some of the {self.world_size}): resume needs the same world size")
+            raise CheckpointError(f"no checkpoint in {directory} is complete on all {self.world_size} ranks "
+                                  f"({len(names)} tried)")
+        mine = directory / chosen / f"sift_rank{self.rank:05d}.pt"
         state = load_checkpoint(mine)
         self.check_resumable(state["engine"])
         guard_deepspeed_loads(self.ds)
-        path, _ = self.ds.load_checkpoint(str(directory), tag=tag, load_optimizer_states=True,
+        path, _ = self.ds.load_checkpoint(str(directory), tag=chosen, load_optimizer_states=True,
                                           load_lr_scheduler_states=True)
         if path is None:
-            raise ConfigError(f"DeepSpeed could not load the checkpoint {directory / tag}")
-        return state, directory / tag
+            raise ConfigError(f"DeepSpeed could not load the checkpoint {directory / chosen}")
+        return state, directory / chosen
+
+    def any_rank(self, values: list[int]) -> list[int]:
+        """The largest of each of ``values`` over the ranks (one tiny all-reduce; the trainer calls it at log
+        flushes only)."""
+        import torch.distributed as dist
+
+        t = torch.tensor([float(v) for v in values], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [int(v) for v in t.tolist()]

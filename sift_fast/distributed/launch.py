@@ -211,8 +211,28 @@ def run_with_error_report(fn, *a, **kw):
         raise
 
 
+def die_with_launcher() -> None:
+    """Under a launcher (``LOCAL_RANK`` set), on Linux: this rank gets ``LAUNCHER_GONE`` (SIGUSR2) when its
+    launcher process dies (``PR_SET_PDEATHSIG``), so a killed ``torchrun`` leaves no orphan ranks training on.
+    Every rank of the node gets it: in training that is the collective stop (checkpoint at the next log flush,
+    exit 0); before training starts, the signal's default action ends the rank."""
+    if not sys.platform.startswith("linux") or "LOCAL_RANK" not in os.environ:
+        return
+    import ctypes
+
+    from sift_fast.train.loop import LAUNCHER_GONE
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(LAUNCHER_GONE), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() == 1:  # the launcher died before the call
+        os.kill(os.getpid(), LAUNCHER_GONE)
+
+
 def run_deepspeed(cfg: Config, args: argparse.Namespace | None = None) -> dict[str, Any] | None:
     """Train on this rank; returns the summary on rank 0 and None elsewhere."""
+    die_with_launcher()
     trainer = run_with_error_report(build_trainer, cfg, args)
     summary = run_with_error_report(trainer.run)
     shutdown()

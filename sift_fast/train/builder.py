@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from dataclasses import dataclass
@@ -70,6 +71,7 @@ def build_data(cfg: Config) -> DataBundle:
     cache = default_cache_dir(cfg)
     texts = read_documents(d.corpus, text_key=d.text_key) if d.vocab == "train" else None
     vocab = load_tokenizer(d.vocab, train_texts=texts, vocab_size=d.vocab_size, cache_dir=cache / "tokenizers")
+    vocab = dataclasses.replace(vocab, source=str(d.vocab))
     corpus = build_corpus(
         d.corpus, vocab, d.seq_len, valid_fraction=d.valid_fraction, max_valid_sequences=d.max_valid_sequences,
         cache_dir=cache / "corpora", text_key=d.text_key, max_train_tokens=d.max_train_tokens or None,

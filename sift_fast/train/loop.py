@@ -36,6 +36,9 @@ from sift_fast.train.overlap import build_overlap, overlap_strategy, resolve_pen
 from sift_fast.train.step import StepResult, sift_step
 
 EngineFactory = Callable[[Any, Config, torch.device], Any]
+# what a rank receives when its launcher process dies (``distributed.launch.die_with_launcher``); Linux sends it
+# once per exiting launcher thread, so its handler is idempotent, unlike SIGTERM's (a second one exits at once)
+LAUNCHER_GONE = signal.SIGUSR2
 
 
 def resolve_overlap(mode: str, device: torch.device) -> str:
@@ -117,6 +120,8 @@ class Trainer:
         self.bad_run = 0  # consecutive steps with a non-finite loss or gradient norm (update not applied)
         self.bad_total = 0
         self.stop_signal: int | None = None  # SIGTERM / SIGINT received: checkpoint after this step, exit 0
+        self.stop_agreed = False  # under DeepSpeed: every rank has agreed to stop (at a log flush)
+        self.budget_agreed = False  # under DeepSpeed: some rank's clock reached --time-budget-s (at a log flush)
 
     # --- checkpoint -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -292,7 +297,8 @@ class Trainer:
         restore = self._install_signal_handlers()
         try:
             while self.step < tc.max_steps:
-                if tc.time_budget_s and self.train_time >= tc.time_budget_s:
+                if tc.time_budget_s and (self.train_time >= tc.time_budget_s if self.engine.world_size == 1
+                                         else self.budget_agreed):  # DeepSpeed: agreed at the log flush
                     self.console.log(f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
                     break
                 profile.step_begin(self.step)
@@ -316,6 +322,7 @@ class Trainer:
                 if self.step % tc.log_every == 0 or last:
                     self._flush(buffered, nvml)
                     buffered = []
+                    self._agree_stop()
                 if self.step % tc.eval_every == 0 or last:
                     self.run_eval()
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
@@ -324,11 +331,11 @@ class Trainer:
                         buffered = []
                     self.save()
                 self.console.progress(self.step, tc.max_steps, None)
-                if self.stop_signal is not None:
+                if self.stopping:
                     break
             if buffered:
                 self._flush(buffered, nvml)
-            if self.stop_signal is None and (not self.last_eval or self.last_eval["step"] != self.step):
+            if not self.stopping and (not self.last_eval or self.last_eval["step"] != self.step):
                 self.run_eval()
             path = self.save()
         finally:
@@ -338,8 +345,8 @@ class Trainer:
                 nvml.stop()
             self.metrics.close()
         summary = self.summary()
-        if self.stop_signal is not None:
-            name = signal.Signals(self.stop_signal).name
+        if self.stopping:
+            name = "the launcher's exit" if self.stop_signal == LAUNCHER_GONE else signal.Signals(self.stop_signal).name
             summary["stopped_by"] = name
             self.console.log(f"stopped by {name} after step {self.step}; checkpoint {path}; to continue, run the "
                              "same command with --resume")
@@ -348,13 +355,30 @@ class Trainer:
         return summary
 
     # --- preemption -------------------------------------------------------------------------------
-    def _install_signal_handlers(self) -> Callable[[], None]:
-        """SIGTERM / SIGINT: finish the step, checkpoint, exit 0; a second one exits at once (single process).
+    @property
+    def stopping(self) -> bool:
+        """A stop signal was received (under DeepSpeed: and all ranks agreed at a log flush)."""
+        return self.stop_signal is not None and (self.engine.world_size == 1 or self.stop_agreed)
 
-        Under DeepSpeed the ranks could stop at different steps (a collective checkpoint would hang), so
-        there the default handlers stay and a resume starts from the last periodic checkpoint.
-        """
-        if self.engine.world_size > 1 or threading.current_thread() is not threading.main_thread():
+    def _agree_stop(self) -> None:
+        """Under DeepSpeed: make the stop decisions collective at the log flush (every rank flushes at the same
+        steps). One tiny all-reduce of [signal number (0: none), time budget reached]: a signal on any rank
+        stops every rank after this step, so all of them write the same collective checkpoint; the time budget
+        (each rank has its own clock) ends the run on every rank at the same step."""
+        if self.engine.world_size == 1:
+            return
+        tc = self.cfg.train
+        budget = int(bool(tc.time_budget_s) and self.train_time >= tc.time_budget_s)
+        signum, budget = self.engine.any_rank([self.stop_signal or 0, budget])
+        if signum:
+            self.stop_signal = self.stop_signal or signum
+            self.stop_agreed = True
+        self.budget_agreed = bool(budget)
+
+    def _install_signal_handlers(self) -> Callable[[], None]:
+        """SIGTERM / SIGINT: finish the step (under DeepSpeed: up to the next log flush, where the ranks agree
+        to stop, :meth:`_agree_stop`), checkpoint, exit 0; a second signal exits at once."""
+        if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def handler(signum: int, frame: Any) -> None:
@@ -363,10 +387,18 @@ class Trainer:
                 os.write(2, f"{name} again: exiting now; the last complete checkpoint stays valid\n".encode())
                 os._exit(128 + signum)
             self.stop_signal = signum
-            os.write(2, f"{name}: finishing step {self.step + 1}, then writing a checkpoint "
-                        f"(send it again to exit at once)\n".encode())
+            until = f"step {self.step + 1}" if self.engine.world_size == 1 else "up to the next log flush"
+            os.write(2, f"{name}: finishing {until}, then writing a checkpoint (send it again to exit at once)\n"
+                     .encode())
+
+        def launcher_gone(signum: int, frame: Any) -> None:  # may arrive more than once: idempotent
+            if self.stop_signal is None:
+                self.stop_signal = signum
+                os.write(2, b"the launcher exited: stopping at the next log flush, then writing a checkpoint\n")
 
         saved = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        if self.engine.world_size > 1:
+            saved[LAUNCHER_GONE] = signal.signal(LAUNCHER_GONE, launcher_gone)
 
         def restore() -> None:
             for s, h in saved.items():
