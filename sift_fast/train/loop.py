@@ -38,7 +38,7 @@ from sift_fast.train.builder import (
 from sift_fast.train.checkpoint import rng_state, set_rng_state
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
-from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, format_step_line
+from sift_fast.train.metrics import Console, MetricsWriter, TensorBoardSink, TimeToTarget, format_step_line
 from sift_fast.train.overlap import build_overlap, overlap_strategy, resolve_pending
 from sift_fast.train.step import StepResult, sift_step
 
@@ -64,8 +64,12 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.train.out)
+        tb = None  # --tensorboard: checked here, before any data or model is built
         if int(os.environ.get("RANK", "0") or 0) == 0:
             check_writable_dir(self.out, "--out")
+            if cfg.train.tensorboard:
+                check_writable_dir(cfg.train.tensorboard, "--tensorboard")
+                tb = TensorBoardSink(cfg.train.tensorboard)
             if cfg.train.export_hf:
                 from sift_fast.export import check_export_target
 
@@ -114,7 +118,7 @@ class Trainer:
                 print("note: adaptive_keep=noise needs the single-process engine; keeping keep fixed",
                       file=sys.stderr)
         self.timer = StepTimer(self.device)
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0, sink=tb)
         self.console = console or Console(enabled=self.rank0)
         self.overlap, self.overlap_scorer = build_overlap(self.overlap, self.engine, self.device, self.console.log)
         self.ttt = TimeToTarget(cfg.train.targets)
@@ -206,6 +210,8 @@ class Trainer:
         self.check_resumable(state, path)
         self.load_state_dict(state)
         self.metrics.truncate_after(self.step)
+        if self.metrics.sink is not None:
+            self.metrics.sink.purge_step = self.step + 1  # TensorBoard drops its events after the checkpoint too
         self.console.log(f"resumed from {path} at step {self.step}")
         return True
 
