@@ -122,7 +122,7 @@ def model_from_state(state: dict[str, Any], weights: dict[str, torch.Tensor]) ->
 
     if state.get("hf_config"):  # the exact Hugging Face config of the run (init_from dirs keep theirs)
         raw = json.loads(state["hf_config"])
-        cls = getattr(transformers, (raw.get("architectures") or ["BertForMaskedLM"])[0])
+        cls = getattr(transformers, raw["architectures"][0])
         hf_cfg = cls.config_class.from_dict(raw)
         hf_cfg._attn_implementation = "sdpa"
         model = adapter_for(cls(hf_cfg))

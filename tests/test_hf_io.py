@@ -158,3 +158,33 @@ def test_bad_inputs_are_one_line(exported, small_corpus, tmp_path, capfd):
     _one_error(capfd, export("--checkpoint", str(torn / src.name), "--out", str(tmp_path / "x")), "torn or corrupt")
     _one_error(capfd, export("--checkpoint", str(root / "run"), "--out", str(busy)), "--out", "not a Hugging Face")
     assert not (tmp_path / "x").exists()
+
+
+def test_roberta_round_trip_and_checkpoints_without_hf_config(small_corpus, tmp_path):
+    """RoBERTa exports as RobertaForMaskedLM (tied decoder, offset positions); a checkpoint from before
+    ``hf_config`` was stored is rebuilt from its config and gives the same weights."""
+    from sift_fast.export import model_from_state, read_checkpoint
+    from sift_fast.train.loop import Trainer
+
+    trainer = Trainer(_cfg(small_corpus, tmp_path / "run", arch="roberta", max_steps=2,
+                           export_hf=str(tmp_path / "hf")))
+    trainer.run()
+    hf = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(hf) is transformers.RobertaForMaskedLM
+    ours = trainer.engine.module.eval()
+    want = ours.hf.state_dict()
+    assert all(torch.equal(hf.state_dict()[k], want[k]) for k in want)
+    batch = trainer.val_batches[0]
+    labels = torch.full_like(batch.input_ids, -100).view(-1)
+    labels[batch.masked_index] = batch.masked_targets
+    with torch.no_grad():
+        mine = ours(batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_targets).loss
+        theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    labels=labels.view_as(batch.input_ids)).loss
+    assert abs(float(mine) - float(theirs)) <= 1e-6
+    assert build_config({"init_from": str(tmp_path / "hf")}).model.arch == "roberta"
+    state, weights, _ = read_checkpoint(tmp_path / "run")
+    state.pop("hf_config")
+    old = model_from_state(state, weights)
+    assert type(old.hf) is transformers.RobertaForMaskedLM
+    assert all(torch.equal(old.hf.state_dict()[k], want[k]) for k in want)

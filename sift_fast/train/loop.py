@@ -9,6 +9,7 @@ mode is a small strategy object (``sift_fast.train.overlap``: ``Inline`` for ``o
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -143,8 +144,13 @@ class Trainer:
             "hooks": {h.name: h.state_dict() for h in self.step_hooks if hasattr(h, "state_dict")},
             "adaptive": self.adaptive.state_dict() if self.adaptive is not None else None,
             "bad_steps": {"run": self.bad_run, "total": self.bad_total}, "last_eval": self.last_eval,
-            "hf_config": self.engine.module.hf.config.to_json_string(),  # what sift-export rebuilds the model from
+            "hf_config": self.hf_config_json(),
         }
+
+    def hf_config_json(self) -> str:
+        """The Hugging Face config of the model, its class named (what sift-export rebuilds the model from)."""
+        hf = self.engine.module.hf
+        return json.dumps({**json.loads(hf.config.to_json_string()), "architectures": [type(hf).__name__]})
 
     # what a resumed run must share with its checkpoint (the rest, e.g. max_steps or lr, may change)
     RESUME_MUST_MATCH = {"model": None, "sift": None,
