@@ -267,13 +267,16 @@ def markdown(res: dict) -> str:
              f"| {s['hf_flop_ideal']:.3f} | {s['hf_vs_ideal']:.3f} |",
              f"| sift-pretrain loop | {m['our_base']:.3f} | {m['our_sift']:.3f} | {s['our_ratio']:.3f} "
              f"| {s['flop_ideal']:.3f} | {s['our_vs_ideal']:.3f} |", "",
-             f"Trainer ratio vs ours: {100 * s['hf_vs_ours']:+.1f}% (the issue's goal: within ±5%). The two paths do "
-             "not run the same model code: the stock `BertForMaskedLM` forward the Trainer calls computes the MLM "
-             "head on all S positions ([B, S, V] logits), ours on the masked rows only, so the Trainer's own step "
-             f"costs {100 * s['hf_overhead_base']:+.1f}% (baseline) / {100 * s['hf_overhead_sift']:+.1f}% (SIFT) "
-             "more than our loop's on the same batches, and its FLOP ideal differs (a larger share of the step "
-             "scales with K). *ratio / ideal* compares each path with its own FLOP model: the integration overhead "
-             "of SiftTrainer is what its ratio / ideal adds over the Trainer baseline's cost structure.", "",
+             f"Trainer ratio vs ours: {100 * s['hf_vs_ours']:+.1f}% (the issue's goal: within ±5%; not met as a raw "
+             "ratio). The two paths do not run the same model code: the stock `BertForMaskedLM` forward the Trainer "
+             "calls computes the MLM head on all S positions ([B, S, V] logits), ours on the masked rows only, so "
+             f"the Trainer's step costs {100 * s['hf_overhead_base']:+.1f}% (baseline) / "
+             f"{100 * s['hf_overhead_sift']:+.1f}% (SIFT) more than our loop's on the same batches, and a larger "
+             f"share of it scales with K (FLOP ideal {s['hf_flop_ideal']:.3f} vs {s['flop_ideal']:.3f}). Against "
+             f"its own FLOP model the Trainer path is at {s['hf_vs_ideal']:.3f}× its ideal, our loop at "
+             f"{s['our_vs_ideal']:.3f}× (its fixed costs, the optimizer update and the scoring's element-wise work "
+             "over [rows, V], weigh more next to its cheaper step): the SiftTrainer ratio is within 5% of what the "
+             "Trainer's own model allows; the bench cannot separate a few % of integration overhead from that.", "",
              f"## Time to accuracy: bundled corpus, proxy-12, one seed, {t['budget_cpu_s_per_arm']:.0f} CPU-s of "
              f"training per arm", "",
              f"Val MLM accuracy on sift-pretrain's fixed validation set ({t['eval_rows']} sequences, every "
@@ -287,8 +290,10 @@ def markdown(res: dict) -> str:
         cells = " | ".join("-" if v is None else f"{v:.0f}" for v in a["time_to"].values())
         lines.append(f"| {name} | {a['steps']} | {a['step_cpu_median_s']:.3f} | {a['curve'][-1]['val_mlm_acc']:.4f} "
                      f"| {cells} |")
-    lines += ["", "One seed and a short budget: the early phase only (see the README's long-horizon results for "
-              "what happens later at a constant LR).", ""]
+    lines += ["", "One seed and a short budget (the 10 CPU-min cap of the whole bench): the first tens of steps "
+              "only, below 5% accuracy, where one eval of 128 sequences is noisy (a curve may cross a target and "
+              "fall back). What it shows is the step rate at equal CPU; accuracy needs a longer run (the README's "
+              "long-horizon results: SIFT's early lead does not last at a constant LR).", ""]
     return "\n".join(lines)
 
 
