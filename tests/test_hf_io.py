@@ -80,6 +80,13 @@ def test_init_from_takes_the_model_and_continues_with_the_same_loss(exported, sm
     first = cont.run_eval()
     assert abs(first["val_loss"] - trainer.last_eval["val_loss"]) <= 1e-6
     assert first["val_mlm_acc"] == trainer.last_eval["val_mlm_acc"]
+    # a BertForPreTraining directory (MLM + next-sentence heads) loads as one, its MLM head driven
+    pre_dir = tmp_path / "pretraining"
+    transformers.BertForPreTraining.from_pretrained(root / "hf").save_pretrained(pre_dir)
+    shutil.copy(root / "hf" / "tokenizer.json", pre_dir)
+    pre = Trainer(_cfg(small_corpus, tmp_path / "pre", init_from=str(pre_dir)))
+    assert pre.cfg.model.model_class == "pretraining" and type(pre.engine.module.hf) is transformers.BertForPreTraining
+    assert abs(pre.run_eval()["val_loss"] - trainer.last_eval["val_loss"]) <= 1e-6
 
 
 def test_init_from_resume_is_bitwise(exported, small_corpus, tmp_path):
