@@ -64,6 +64,8 @@ class ModelConfig:
     intermediate_size: int = opt(512, "feed-forward width")
     dropout: float = opt(0.0, "hidden and attention dropout (the scoring pass always runs without)")
     init_std: float = opt(0.02, "weight init standard deviation")
+    init_from: str = opt("", "local Hugging Face masked-LM directory to continue pretraining from; its config.json "
+                         "sets the model (and the tokenizer when it has one); empty = random init")
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -249,6 +251,10 @@ class TrainConfig:
         "halt", "a non-finite loss or gradient norm: the update is never applied; skip (count, log, go on) / "
         "halt (checkpoint the last good state, exit 3); checked at the log flush")
     max_bad_steps: int = opt(10, "this many consecutive non-finite steps halt even under nan_policy=skip")
+    export_hf: str = opt("", "at the end, export the final state as a Hugging Face directory here (save_pretrained "
+                         "model, tokenizer, model card; sift-export does it for any checkpoint); empty = off")
+    tensorboard: str = opt("", "also write the metrics.jsonl fields as TensorBoard scalars into this directory "
+                           "(needs the tensorboard package); empty = off")
 
     def __post_init__(self) -> None:
         _check_choices(self)
@@ -438,6 +444,17 @@ def build_sections(*layers: dict[str, Any] | None) -> tuple[str, dict[str, Any]]
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     values = {**PRESETS[preset], **merged}
+    if merged.get("init_from"):  # preset < the directory's model fields < flags (which may not contradict them)
+        from sift_fast.models.pretrained import check_init_fields, fields_from_dir
+
+        init = str(merged["init_from"])
+        fixed, soft, max_len = fields_from_dir(init)
+        for key, value in fixed.items():
+            if key in merged and merged[key] != value:
+                raise ConfigError(f"--{key.replace('_', '-')} {merged[key]} contradicts --init-from {init} "
+                                  f"({key} {value}); drop the flag")
+        values = {**PRESETS[preset], **soft, **fixed, **merged}
+        check_init_fields(init, soft, max_len, values)
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in values.items():
         _check_type(key, value, _field_types()[key])

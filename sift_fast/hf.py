@@ -76,10 +76,13 @@ class SiftArguments:
     backend: Literal["auto", "triton", "torch"] = _arg("backend")
     exit_auto_every: int = _arg("exit_auto_every")
     exit_auto_overlap: float = _arg("exit_auto_overlap")
+    selection_rule: Literal["topk", "sample"] = _arg("selection_rule")  # parsed so that 'sample' is refused
+    adaptive_keep: Literal["off", "noise"] = _arg("adaptive_keep")  # in one line, not as an unknown flag
 
     def __post_init__(self) -> None:
         self.exit_layer = str(self.exit_layer)
-        self.sift_config(1)  # validate at parse time (keep in (0, 1], exit layer form, schedule order)
+        # validate at parse time: keep in (0, 1], exit layer form, schedule order, what the drop-in cannot do
+        _check_supported(self.sift_config(1))
 
     def sift_config(self, candidates: int) -> SiftConfig:
         """The validated ``SiftConfig`` for a candidate pool of ``candidates`` sequences."""

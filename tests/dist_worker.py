@@ -5,7 +5,8 @@ Scenarios (``--scenario``):
 * ``matrix``: for each ZeRO stage (the shipped configs/ds_zero{0,1,2,3}.json) and selection case, a
   10-step run with a checkpoint at step 5; then a resume from step 5 to step 10. Rank 0 writes
   ``OUT/results.json``: per case the loss trajectory, the kept sample ids of every step (union over
-  ranks), the resumed trajectory, the ZeRO-3 trace state per step and the ZeRO-3 scoring check.
+  ranks), the resumed trajectory, the ZeRO-3 trace state per step and the ZeRO-3 scoring check; the
+  ``loss_local`` runs also leave their final gathered weights (``final_weights.pt``) for the export test.
 * ``die`` / ``hang``: rank 1 kills itself (SIGKILL) / stops responding at step ``--die-at``; the job
   must fail fast (collective timeout 10 s here).
 """
@@ -117,6 +118,15 @@ def scoring_check(trainer) -> tuple[int, float]:
     return int(partitioned), float((got[finite] - want[finite]).abs().max())
 
 
+def full_state(trainer) -> dict[str, torch.Tensor]:
+    """The encoder's full weights (ZeRO-3: gathered from the partitions; collective)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(trainer.engine.module.parameters()), modifier_rank=None,
+                                           enabled=trainer.engine.zero_stage == 3):
+        return {k: v.detach().clone() for k, v in trainer.engine.module.state_dict().items()}
+
+
 def run_matrix(args) -> None:
     import torch.distributed as dist
 
@@ -146,6 +156,11 @@ def run_matrix(args) -> None:
             summary = trainer.run()
             rec = {"kept": kept, "trace_complete": trace, "samples": trainer.samples,
                    "backprop_samples": trainer.backprop_samples, "ds_global_samples": trainer.engine.ds.global_samples}
+            if name == "loss_local":  # the final weights, gathered: the reference of sift-export's consolidation
+                final = full_state(trainer)
+                if trainer.rank0:
+                    torch.save(final, out / "final_weights.pt")
+                    rec["run_dir"] = str(out)
             if stage == 3 and name == "loss_local":
                 rec["scoring_partitioned_params"], rec["scoring_max_abs_diff"] = scoring_check(trainer)
             if trainer.rank0:

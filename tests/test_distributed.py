@@ -311,6 +311,23 @@ def test_zero3_scoring_gathers_and_keeps_the_trace(matrix):
         assert all(matrix[key]["trace_complete"][1:]), key  # the partial forward never invalidates the trace
 
 
+@pytest.mark.slow
+def test_zero_checkpoints_export_to_hf(matrix, tmp_path):
+    """sift-export consolidates the 2-rank ZeRO 0-3 checkpoints: from_pretrained gives the gathered final weights."""
+    from transformers import AutoModelForMaskedLM
+
+    from sift_fast.export import export_checkpoint
+
+    for stage in STAGES:
+        run = Path(matrix[f"z{stage}_loss_local"]["run_dir"])
+        want = torch.load(run / "final_weights.pt", weights_only=True)
+        export_checkpoint(run, tmp_path / f"z{stage}")
+        got = AutoModelForMaskedLM.from_pretrained(tmp_path / f"z{stage}").state_dict()
+        assert got.keys() == {k.removeprefix("hf.") for k in want}
+        for key, value in want.items():
+            assert torch.equal(got[key.removeprefix("hf.")], value), f"ZeRO-{stage} {key}"
+
+
 def torchrun_cmd(*script_args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",
             str(_port()), *script_args]

@@ -1,4 +1,5 @@
-"""SiftTrainer on 2 CPU ranks (gloo): torchrun DDP and DeepSpeed ZeRO-2 / ZeRO-3 through TrainingArguments(deepspeed=).
+"""SiftTrainer on 2 CPU ranks (gloo): DDP under torchrun and `accelerate launch`, and DeepSpeed ZeRO-2 / ZeRO-3
+through TrainingArguments(deepspeed=).
 
 Each rank's candidate pool is its own micro-batch (accelerate shards the batches round-robin), so 2 ranks at
 GA 1 see the same pools as one process at GA 2, and the window's kept-token mean is the same loss: the logged
@@ -30,13 +31,17 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, cache: Path, mode: str, *extra: str) -> dict:
+def _run(out: Path, cache: Path, mode: str, *extra: str, launcher: str = "torchrun") -> dict:
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1",
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR",
                                                   str(Path.home() / ".cache" / "torch_extensions"))}
     cmd = [sys.executable, str(WORKER), "--out", str(out), "--mode", mode, "--steps", str(STEPS),
            "--cache", str(cache), *extra]
-    if mode != "single":
+    if mode != "single" and launcher == "accelerate":  # accelerate launch: its multi-process path (torchrun's agent)
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+               str(_port()), *cmd[1:]]
+    elif mode != "single":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(_port()), *cmd[1:]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -62,3 +67,7 @@ def test_two_ranks_ddp_and_zero3_equal_single_process(tmp_path):
         worst = max(abs(got["loss"][s] - ref["loss"][s]) for s in ref["loss"])
         assert worst < 1e-5, (mode, worst)
         assert got["backprop_samples"] == ref["backprop_samples"] == STEPS * 2 * 4  # 2 pools of 8, keep 0.5
+        if mode == "ddp":  # the same script under `accelerate launch`: the torchrun losses, bitwise
+            acc = _run(tmp_path / "accelerate", cache, "ddp", launcher="accelerate")
+            assert acc["world"] == 2 and acc["loss"] == got["loss"]
+            assert acc["backprop_samples"] == got["backprop_samples"]

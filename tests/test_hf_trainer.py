@@ -312,6 +312,19 @@ def test_misuse_one_line_at_startup(tok, lines, tmp_path):
     assert tr.state.global_step == 0
 
 
+def test_drop_in_refusals_are_one_line_at_parse_time():
+    """What the Trainer drop-in cannot do is refused where the flags are parsed (HfArgumentParser), one line."""
+    parser = T.HfArgumentParser((SiftArguments,))
+    for flags, needles in ((["--selection_scope", "global"], ("selection_scope 'global'", "SiftTrainer")),
+                           (["--selection_rule", "sample"], ("selection_rule 'sample'", "SiftTrainer")),
+                           (["--adaptive_keep", "noise"], ("adaptive_keep is not supported by SiftTrainer",))):
+        with pytest.raises(ConfigError) as e:
+            parser.parse_args_into_dataclasses(flags)
+        _one_line(e, *needles)
+    (ok,) = parser.parse_args_into_dataclasses(["--selection_rule", "topk", "--adaptive_keep", "off"])
+    assert ok.sift_config(8).selection_rule == "topk"
+
+
 def test_keep_one_is_the_plain_trainer(tok, lines, tmp_path):
     """keep = 1: the same batches and losses as transformers.Trainer (GA 1, where its per-batch mean is exact)."""
     runs = []

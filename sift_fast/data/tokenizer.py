@@ -226,9 +226,13 @@ def hf_tokenizer(spec: str, **kwargs: Any) -> Any:
     """A ``transformers`` fast tokenizer over :func:`load_tokenizer` (``bundled``, a vocab.txt /
     tokenizer.json / directory path, a hub name), its special tokens set by role (for the Trainer's
     collators)."""
+    return hf_tokenizer_of(load_tokenizer(spec, **kwargs))
+
+
+def hf_tokenizer_of(vocab: Vocab) -> Any:
+    """A ``transformers`` fast tokenizer over a loaded :class:`Vocab` (special tokens set by role)."""
     from transformers import PreTrainedTokenizerFast
 
-    vocab = load_tokenizer(spec, **kwargs)
     name = vocab.tokenizer.id_to_token
     return PreTrainedTokenizerFast(
         tokenizer_object=vocab.tokenizer, pad_token=name(vocab.pad_id), unk_token=name(vocab.unk_id),

@@ -50,16 +50,21 @@ from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler, 
 _TAG_PREFIX = "step_"
 
 
+def deepspeed_safe_types() -> tuple:
+    """The plain DeepSpeed types its checkpoint files pickle (loss scaler, ZeRO stage enum, fragment address)."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return (LossScaler, ZeroStageEnum, fragment_address)
+
+
 def guard_deepspeed_loads(ds: Any) -> None:
     """Make DeepSpeed's own checkpoint reads code-free: its ``TorchCheckpointEngine.load`` (model states, ZeRO
     optimizer shards, via ``SDLoaderFactory`` too) calls ``torch.load(weights_only=False)``; on this engine it
     becomes :func:`safe_load` with the three plain DeepSpeed types its files hold (loss scaler, ZeRO stage
     enum, tensor fragment address). A shard with any other pickled global is refused with one line."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    extra = (LossScaler, ZeroStageEnum, fragment_address)
+    extra = deepspeed_safe_types()
 
     def load(path: str, map_location: Any = None) -> Any:
         return safe_load(Path(path), map_location=map_location, extra=extra)

@@ -77,3 +77,15 @@ def build_data(cfg: Config) -> DataBundle:
         cache_dir=cache / "corpora", text_key=d.text_key, max_train_tokens=d.max_train_tokens or None,
     )
     return DataBundle(vocab=vocab, train=corpus.train, valid=corpus.valid)
+
+
+def build_model_for(cfg: Config, vocab) -> object:
+    """The run's model (an :class:`~sift_fast.models.hf.MLMEncoder`): ``from_pretrained(model.init_from)``, or
+    a random init from the config, sized to the tokenizer ``vocab``."""
+    if cfg.model.init_from:
+        from sift_fast.models.pretrained import load_pretrained
+
+        return load_pretrained(cfg.model.init_from, cfg.model, vocab.vocab_size)
+    from sift_fast.models.hf import build_model
+
+    return build_model(cfg.model, vocab.vocab_size, cfg.data.seq_len, pad_id=vocab.pad_id)

@@ -9,6 +9,7 @@ mode is a small strategy object (``sift_fast.train.overlap``: ``Inline`` for ``o
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -24,14 +25,21 @@ import torch
 from sift_fast.config import Config
 from sift_fast.errors import ConfigError, TrainingHalted, UserError
 from sift_fast.faults import fault_point
-from sift_fast.io import atomic_write_json, check_writable_dir
+from sift_fast.io import atomic_path, atomic_write_json, check_writable_dir
 from sift_fast.selection import Selector
 from sift_fast.telemetry import NvmlSampler, ProfileWindow, StepTimer, memory_stats, parse_profile_steps
-from sift_fast.train.builder import DataBundle, build_data, check_fits_memory, resolve_device, seed_everything
+from sift_fast.train.builder import (
+    DataBundle,
+    build_data,
+    build_model_for,
+    check_fits_memory,
+    resolve_device,
+    seed_everything,
+)
 from sift_fast.train.checkpoint import rng_state, set_rng_state
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
-from sift_fast.train.metrics import Console, MetricsWriter, TimeToTarget, format_step_line
+from sift_fast.train.metrics import Console, MetricsWriter, TensorBoardSink, TimeToTarget, format_step_line
 from sift_fast.train.overlap import build_overlap, overlap_strategy, resolve_pending
 from sift_fast.train.step import StepResult, sift_step
 
@@ -57,12 +65,19 @@ class Trainer:
                  loader_factory: Callable[..., Any] | None = None) -> None:
         from sift_fast.data import CandidateLoader, MLMMasker, validation_batches
         from sift_fast.data.prefetch import maybe_prefetch
-        from sift_fast.models.hf import build_model
 
         self.cfg = cfg
         self.out = Path(cfg.train.out)
+        tb = None  # --tensorboard: checked here, before any data or model is built
         if int(os.environ.get("RANK", "0") or 0) == 0:
             check_writable_dir(self.out, "--out")
+            if cfg.train.tensorboard:
+                check_writable_dir(cfg.train.tensorboard, "--tensorboard")
+                tb = TensorBoardSink(cfg.train.tensorboard)
+            if cfg.train.export_hf:
+                from sift_fast.export import check_export_target
+
+                check_export_target(cfg.train.export_hf, "--export-hf")
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = device or resolve_device(cfg.train.device)
@@ -70,7 +85,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         self.data = data or build_data(cfg)
         vocab = self.data.vocab
-        model = build_model(cfg.model, vocab.vocab_size, cfg.data.seq_len, pad_id=vocab.pad_id)
+        model = build_model_for(cfg, vocab)
         self.engine = (engine_factory or TorchEngine)(model, cfg, self.device)
         self.rank0 = self.engine.rank == 0
         masker = MLMMasker(vocab.vocab_size, vocab.mask_id, vocab.special_ids, mask_prob=cfg.data.mask_prob,
@@ -107,7 +122,7 @@ class Trainer:
                 print("note: adaptive_keep=noise needs the single-process engine; keeping keep fixed",
                       file=sys.stderr)
         self.timer = StepTimer(self.device)
-        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0)
+        self.metrics = MetricsWriter(self.out / "metrics.jsonl", enabled=self.rank0, sink=tb)
         self.console = console or Console(enabled=self.rank0)
         self.overlap, self.overlap_scorer = build_overlap(self.overlap, self.engine, self.device, self.console.log)
         self.ttt = TimeToTarget(cfg.train.targets)
@@ -134,7 +149,13 @@ class Trainer:
             "hooks": {h.name: h.state_dict() for h in self.step_hooks if hasattr(h, "state_dict")},
             "adaptive": self.adaptive.state_dict() if self.adaptive is not None else None,
             "bad_steps": {"run": self.bad_run, "total": self.bad_total}, "last_eval": self.last_eval,
+            "hf_config": self.hf_config_json(),
         }
+
+    def hf_config_json(self) -> str:
+        """The Hugging Face config of the model, its class named (what sift-export rebuilds the model from)."""
+        hf = self.engine.module.hf
+        return json.dumps({**json.loads(hf.config.to_json_string()), "architectures": [type(hf).__name__]})
 
     # what a resumed run must share with its checkpoint (the rest, e.g. max_steps or lr, may change)
     RESUME_MUST_MATCH = {"model": None, "sift": None,
@@ -200,6 +221,8 @@ class Trainer:
         self.check_resumable(state, path)
         self.load_state_dict(state)
         self.metrics.truncate_after(self.step)
+        if self.metrics.sink is not None:
+            self.metrics.sink.purge_step = self.step + 1  # TensorBoard drops its events after the checkpoint too
         self.console.log(f"resumed from {path} at step {self.step}")
         return True
 
@@ -283,6 +306,8 @@ class Trainer:
             self.metrics.reset()
         if self.rank0:
             atomic_write_json(self.out / "config.json", self.cfg.to_dict())
+            with atomic_path(self.out / "tokenizer.json") as tmp:  # the run's tokenizer, for sift-export
+                self.data.vocab.tokenizer.save(str(tmp))
             if self.cfg.optim.lr_warmup_steps > tc.max_steps:
                 self.console.log(f"warning: lr_warmup_steps ({self.cfg.optim.lr_warmup_steps}) is past max_steps "
                                  f"({tc.max_steps}): the learning rate never reaches its peak")
@@ -352,6 +377,11 @@ class Trainer:
                              "same command with --resume")
         if self.rank0:
             atomic_write_json(self.out / "summary.json", summary)
+        if tc.export_hf and self.rank0 and self.stop_signal is None and path is not None:
+            from sift_fast.export import export_checkpoint
+
+            export_checkpoint(path, tc.export_hf, vocab=self.data.vocab)
+            self.console.log(f"exported the final state to {tc.export_hf} (Hugging Face format)")
         return summary
 
     # --- preemption -------------------------------------------------------------------------------

@@ -11,11 +11,58 @@ from typing import Any, TextIO
 from sift_fast.io import atomic_write_text
 
 
-class MetricsWriter:
-    """Appends JSON lines to ``OUT/metrics.jsonl``; disabled on non-zero ranks."""
+class TensorBoardSink:
+    """The metrics.jsonl records as TensorBoard scalars, tag ``train/<field>`` (step records) or
+    ``eval/<field>`` (eval records), the same field names, at the record's step. Records are written at
+    the log flush (they are host floats by then: no device sync). A resumed run purges the steps after
+    its checkpoint, as metrics.jsonl is truncated."""
 
-    def __init__(self, path: Path, enabled: bool = True) -> None:
+    PREFIX = {"step": "train", "eval": "eval"}
+
+    def __init__(self, logdir: str) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from sift_fast.errors import ConfigError
+
+            raise ConfigError(f"--tensorboard {logdir}: the tensorboard package is not installed "
+                              "(pip install tensorboard, or the dev extra)") from None
+        self._cls, self.logdir = SummaryWriter, logdir
+        self.purge_step: int | None = None
+        self._writer: Any = None
+        self._pending: list[dict[str, Any]] = []
+
+    def add(self, record: dict[str, Any]) -> None:
+        if record.get("type") in self.PREFIX:
+            self._pending.append(record)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        if self._writer is None:
+            self._writer = self._cls(self.logdir, purge_step=self.purge_step)
+        for rec in self._pending:
+            prefix = self.PREFIX[rec["type"]]
+            for key, value in rec.items():
+                if key not in ("step", "type") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self._writer.add_scalar(f"{prefix}/{key}", value, global_step=rec["step"])
+        self._pending.clear()
+        self._writer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class MetricsWriter:
+    """Appends JSON lines to ``OUT/metrics.jsonl`` (and to a :class:`TensorBoardSink`); disabled on non-zero
+    ranks."""
+
+    def __init__(self, path: Path, enabled: bool = True, sink: TensorBoardSink | None = None) -> None:
         self.path, self.enabled = path, enabled
+        self.sink = sink if enabled else None
         self._file: TextIO | None = None
 
     def truncate_after(self, step: int) -> None:
@@ -47,6 +94,8 @@ class MetricsWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "a")  # noqa: SIM115 - kept open for the run
         self._file.write(json.dumps(record, sort_keys=True) + "\n")
+        if self.sink is not None:
+            self.sink.add(record)
 
     def flush(self, durable: bool = False) -> None:
         """Hand the records to the OS (survives a killed process); ``durable``: fsync (survives power loss)."""
@@ -54,11 +103,15 @@ class MetricsWriter:
             self._file.flush()
             if durable:
                 os.fsync(self._file.fileno())
+        if self.sink is not None:
+            self.sink.flush()
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self.sink is not None:
+            self.sink.close()
 
 
 class TimeToTarget:
