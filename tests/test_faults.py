@@ -756,7 +756,7 @@ def test_hf_trainer_killed_inside_a_checkpoint_resumes_bitwise(tmp_path):
 def test_multi_rank_stop_is_decided_at_the_log_flush_from_every_rank(peer, micro_cfg, tmp_path):
     """The stop decisions under DeepSpeed, with this rank's peers faked: a SIGTERM or a time budget seen by
     another rank only stops this one at the first log flush (step 4), never in between."""
-    budget = {"time_budget_s": 1e6} if peer == "time budget" else {}  # this rank's clock stays far below it
+    budget = {"time_budget_s": 1e6, "lr_horizon": "steps"} if peer == "time budget" else {}  # far below it
     tr = Trainer(micro_cfg(out=str(tmp_path / "r"), max_steps=12, log_every=4, checkpoint_every=0, **budget))
     tr.engine.world_size = 2  # what the all-reduce would return: the other rank's values
     seen = []
@@ -770,3 +770,24 @@ def test_multi_rank_stop_is_decided_at_the_log_flush_from_every_rank(peer, micro
     assert seen == [(4, [0, 0])] and tr.step == 4  # one all-reduce, at the flush; this rank saw nothing itself
     assert summary.get("stopped_by") == ("SIGTERM" if peer == "SIGTERM" else None)
     assert list_checkpoints(tmp_path / "r" / "checkpoints")[-1][0] == 4
+
+
+def test_multi_rank_lr_progress_is_the_furthest_ranks(micro_cfg, tmp_path):
+    """Under DeepSpeed with the LR following the clock (lr_horizon auto, a time budget), every rank takes the
+    spent fraction agreed at the start and at each log flush: here a faked peer at 50 % of the budget."""
+    tr = Trainer(micro_cfg(out=str(tmp_path / "r"), max_steps=12, log_every=1, checkpoint_every=0,
+                           lr_warmup_steps=0, time_budget_s=1e6))
+    tr.engine.world_size = 2
+    seen = []
+
+    def any_rank(values):
+        seen.append(tr.step)
+        return [values[0], values[1], max(values[2], 500_000)]
+
+    tr.engine.any_rank = any_rank
+    tr.run()
+    assert seen == list(range(13))  # once at the start, then at every log flush (every step here)
+    lrs = [r["lr"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+           if (r := json.loads(x))["type"] == "step"]
+    peak = tr.cfg.optim.lr
+    assert lrs == pytest.approx([peak * (1 - max(0.5, i / 12)) for i in range(1, 13)], abs=1e-12)

@@ -143,10 +143,6 @@ def derive_ds_config(cfg: Config, world_size: int, user: dict[str, Any] | None =
                      device_type: str = "cpu") -> dict[str, Any]:
     """The DeepSpeed config dict for ``cfg`` on ``world_size`` ranks, merged with (and checked against) ``user``."""
     ds = copy.deepcopy(user or {})
-    if cfg.optim.lr_horizon != "steps" and cfg.train.time_budget_s and world_size > 1:  # the LR from the clock
-        raise ConfigError(f"--lr-horizon {cfg.optim.lr_horizon} with --time-budget-s is not supported under DeepSpeed "
-                          "on several ranks yet: each rank's clock would give its own learning rate; use --lr-horizon "
-                          "steps (--time-budget-s still ends the run, on every rank at the same step)")
     stage = zero_stage(ds)
     if stage not in ZERO_STAGES:
         raise ConfigError(f"DeepSpeed config zero_optimization.stage must be one of 0, 1, 2, 3; got {stage}")

@@ -137,6 +137,7 @@ class Trainer:
         self.stop_signal: int | None = None  # SIGTERM / SIGINT received: checkpoint after this step, exit 0
         self.stop_agreed = False  # under DeepSpeed: every rank has agreed to stop (at a log flush)
         self.budget_agreed = False  # under DeepSpeed: some rank's clock reached --time-budget-s (at a log flush)
+        self.lr_agreed = 0.0  # under DeepSpeed: the furthest rank's spent budget fraction (lr_horizon auto/budget)
 
     # --- checkpoint -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -320,6 +321,8 @@ class Trainer:
         if self.step == 0:
             self.run_eval()
         restore = self._install_signal_handlers()
+        if self.engine.world_size > 1 and self._clock_lr():
+            self._agree_stop()  # the ranks' LR progress from the start (a resumed run's clocks may differ)
         try:
             while self.step < tc.max_steps:
                 if tc.time_budget_s and (self.train_time >= tc.time_budget_s if self.engine.world_size == 1
@@ -327,8 +330,9 @@ class Trainer:
                     self.console.log(f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
                     break
                 profile.step_begin(self.step)
-                if tc.time_budget_s and self.cfg.optim.lr_horizon != "steps":
-                    self.engine.lr_progress.value = self.train_time / tc.time_budget_s
+                if self._clock_lr():  # DeepSpeed: the progress agreed at the last log flush
+                    self.engine.lr_progress.value = (self.train_time / tc.time_budget_s if self.engine.world_size == 1
+                                                     else self.lr_agreed)
                 t0 = self.clock()
                 res = self.train_step()
                 if self.device.type == "cuda" and (self.step + 1) % tc.log_every == 0:
@@ -390,16 +394,26 @@ class Trainer:
         """A stop signal was received (under DeepSpeed: and all ranks agreed at a log flush)."""
         return self.stop_signal is not None and (self.engine.world_size == 1 or self.stop_agreed)
 
+    def _clock_lr(self) -> bool:
+        """Whether the LR decay follows the time budget (``lr_horizon`` auto / budget with a time budget)."""
+        return bool(self.cfg.train.time_budget_s) and self.cfg.optim.lr_horizon != "steps"
+
     def _agree_stop(self) -> None:
-        """Under DeepSpeed: make the stop decisions collective at the log flush (every rank flushes at the same
+        """Under DeepSpeed: make the stop decisions (and the clock-driven LR progress) collective at the log flush
+        (every rank flushes at the same
         steps). One tiny all-reduce of [signal number (0: none), time budget reached]: a signal on any rank
         stops every rank after this step, so all of them write the same collective checkpoint; the time budget
         (each rank has its own clock) ends the run on every rank at the same step."""
         if self.engine.world_size == 1:
             return
         tc = self.cfg.train
-        budget = int(bool(tc.time_budget_s) and self.train_time >= tc.time_budget_s)
-        signum, budget = self.engine.any_rank([self.stop_signal or 0, budget])
+        values = [self.stop_signal or 0, int(bool(tc.time_budget_s) and self.train_time >= tc.time_budget_s)]
+        if self._clock_lr():  # the LR follows the clock: every rank takes the furthest rank's spent fraction
+            values.append(int(self.train_time / tc.time_budget_s * 1e6))
+        agreed = self.engine.any_rank(values)
+        signum, budget = agreed[:2]
+        if self._clock_lr():
+            self.lr_agreed = agreed[2] / 1e6
         if signum:
             self.stop_signal = self.stop_signal or signum
             self.stop_agreed = True
