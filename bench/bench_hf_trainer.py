@@ -40,7 +40,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import transformers  # noqa: E402
-from step_common import environment, median, random_batches, shape_of, step_flops, write_atomic, write_json  # noqa: E402
+from step_common import (  # noqa: E402
+    CyclingLoader,
+    environment,
+    median,
+    random_batches,
+    shape_of,
+    step_flops,
+    write_atomic,
+    write_json,
+)
 
 from sift_fast.config import build_config  # noqa: E402
 from sift_fast.hf import SiftArguments, SiftTrainer  # noqa: E402
@@ -129,24 +138,6 @@ def hf_steps(kind: str, model: torch.nn.Module, rows: list[dict], steps: int) ->
     return clock.steps
 
 
-class Replay:
-    """A candidate loader that replays fixed batches (``sift-pretrain``'s loop on the same candidates)."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches, self.i = batches, 0
-
-    def next_batch(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def state_dict(self) -> dict:
-        return {"i": self.i}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.i = state["i"]
-
-
 def our_steps(kind: str, batches: list, steps: int, vocab) -> list[float]:
     from sift_fast.train.loop import Trainer
 
@@ -160,7 +151,7 @@ def our_steps(kind: str, batches: list, steps: int, vocab) -> list[float]:
         data = DataBundle(vocab=vocab, train=valid, valid=valid)
         quiet = contextlib.redirect_stderr(io.StringIO())
         with quiet:
-            Trainer(cfg, data=data, loader_factory=lambda *a, **k: Replay(batches)).run()
+            Trainer(cfg, data=data, loader_factory=lambda *a, **k: CyclingLoader(batches)).run()
         recs = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
     return [r["step_time_s"] for r in recs if r["type"] == "step"]
 

@@ -42,6 +42,7 @@ from step_common import (  # noqa: E402
     SPECIAL_IDS,
     VOCAB_SIZE,
     Clock,
+    CyclingLoader,
     card_name,
     environment,
     median,
@@ -63,24 +64,6 @@ VARIANTS = {  # name -> (selection, overlap)
     "sift-stale": ("entropy", "sequential-stale"),
     "sift-on": ("entropy", "on"),
 }
-
-
-class CyclingLoader:
-    """Loader stand-in: the same fixed candidate batches in a cycle (no data cost inside the step)."""
-
-    def __init__(self, batches: list) -> None:
-        self.batches, self.i = batches, 0
-
-    def next_batch(self):
-        b = self.batches[self.i % len(self.batches)]
-        self.i += 1
-        return b
-
-    def state_dict(self) -> dict:
-        return {"i": self.i}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.i = state["i"]
 
 
 def build_trainers(preset: str, candidates: int, device: torch.device, precision: str, backend: str,

@@ -127,3 +127,21 @@ write_atomic = atomic_write_text  # the benches' name for the project's one atom
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+class CyclingLoader:
+    """Loader stand-in: the same fixed candidate batches in a cycle (no data cost inside the step)."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches, self.i = batches, 0
+
+    def next_batch(self):
+        b = self.batches[self.i % len(self.batches)]
+        self.i += 1
+        return b
+
+    def state_dict(self) -> dict:
+        return {"i": self.i}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.i = state["i"]

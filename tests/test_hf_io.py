@@ -38,6 +38,17 @@ def _losses(out: Path) -> list[float]:
     return [r["loss"] for r in recs if r["type"] == "step"]
 
 
+def _same_mlm_loss(ours, hf, batch) -> None:
+    """Our model's MLM loss on ``batch`` equals the HF model's ``labels=`` loss (−100 off the masked rows)."""
+    labels = torch.full_like(batch.input_ids, -100).view(-1)
+    labels[batch.masked_index] = batch.masked_targets
+    with torch.no_grad():
+        mine = ours(batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_targets).loss
+        theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                    labels=labels.view_as(batch.input_ids)).loss
+    assert abs(float(mine) - float(theirs)) <= 1e-6
+
+
 def test_export_round_trip_weights_and_loss(exported, tmp_path):
     trainer, root = exported
     ours = trainer.engine.module.eval()
@@ -46,14 +57,7 @@ def test_export_round_trip_weights_and_loss(exported, tmp_path):
     want = ours.hf.state_dict()
     got = hf.state_dict()
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-    batch = trainer.val_batches[0]
-    labels = torch.full_like(batch.input_ids, -100).view(-1)
-    labels[batch.masked_index] = batch.masked_targets
-    with torch.no_grad():
-        mine = ours(batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_targets).loss
-        theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    labels=labels.view_as(batch.input_ids)).loss
-    assert abs(float(mine) - float(theirs)) <= 1e-6
+    _same_mlm_loss(ours, hf, trainer.val_batches[0])
     tok = transformers.AutoTokenizer.from_pretrained(root / "hf")
     assert tok.mask_token == "[MASK]" and tok.pad_token_id == trainer.data.vocab.pad_id
     card = (root / "hf" / "README.md").read_text()
@@ -181,14 +185,7 @@ def test_roberta_round_trip_and_checkpoints_without_hf_config(small_corpus, tmp_
     ours = trainer.engine.module.eval()
     want = ours.hf.state_dict()
     assert all(torch.equal(hf.state_dict()[k], want[k]) for k in want)
-    batch = trainer.val_batches[0]
-    labels = torch.full_like(batch.input_ids, -100).view(-1)
-    labels[batch.masked_index] = batch.masked_targets
-    with torch.no_grad():
-        mine = ours(batch.input_ids, batch.attention_mask, batch.masked_index, batch.masked_targets).loss
-        theirs = hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                    labels=labels.view_as(batch.input_ids)).loss
-    assert abs(float(mine) - float(theirs)) <= 1e-6
+    _same_mlm_loss(ours, hf, trainer.val_batches[0])
     assert build_config({"init_from": str(tmp_path / "hf")}).model.arch == "roberta"
     state, weights, _ = read_checkpoint(tmp_path / "run")
     state.pop("hf_config")
