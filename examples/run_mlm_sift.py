@@ -23,6 +23,7 @@ import transformers
 from transformers import AutoConfig, DataCollatorForLanguageModeling, HfArgumentParser, TrainingArguments
 
 from sift_fast.data.tokenizer import hf_tokenizer
+from sift_fast.distributed.launch import shutdown
 from sift_fast.errors import ConfigError, DataError, UserError
 from sift_fast.hf import SiftArguments, SiftTrainer
 
@@ -158,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         metrics = trainer.evaluate()
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        del trainer, model  # before shutdown(): nothing holding gloo/NCCL work survives to interpreter exit
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    shutdown()  # under torchrun / accelerate launch: the ranks leave the process group together
     return 0
 
 

@@ -31,6 +31,7 @@ def main() -> None:
 
     from sift_fast.data import BUNDLED_CORPUS
     from sift_fast.data.tokenizer import hf_tokenizer
+    from sift_fast.distributed.launch import shutdown
     from sift_fast.hf import SiftArguments, SiftTrainer
 
     text = BUNDLED_CORPUS.read_text(encoding="utf-8")[:150_000]
@@ -53,6 +54,8 @@ def main() -> None:
         res = {"loss": {h["step"]: h["loss"] for h in logs}, "world": tr.args.world_size,
                "backprop_samples": logs[-1]["sift/backprop_samples"], "env_rank": os.environ.get("RANK")}
         (Path(a.out) / "result.json").write_text(json.dumps(res))
+    del tr  # its DDP reducer holds gloo work: dropped while Python is fully alive (see shutdown)
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -240,7 +240,17 @@ def run_deepspeed(cfg: Config, args: argparse.Namespace | None = None) -> dict[s
 
 
 def shutdown() -> None:
+    """Collect garbage, barrier, destroy the process group if one is up: every entry point's last call.
+
+    A rank that reaches interpreter finalization with gloo work still referenced (a DDP reducer, a trainer)
+    can abort ("terminate called without an active exception", SIGABRT): seen in 1 of ~8 two-rank HF
+    Trainer runs; with the trainer dropped (``del``) before this call, 0 of 20.
+    """
+    import gc
+
     import torch.distributed as dist
+
+    gc.collect()
 
     if dist.is_initialized():
         dist.barrier()
