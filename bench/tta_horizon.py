@@ -14,9 +14,11 @@ and ``wide-decay`` decay it linearly to 0 over each run's budget (``--lr-horizon
 decays it over its horizon: what separates the LR-per-batch cause from the others.
 
 Arms: ``baseline``; ``entropy`` (fixed keep); ``random`` (pays for scoring); ``anneal`` (keep → 1 by the
-entropy arm's step count); ``lr`` (entropy with the peak LR × √keep, Adam's square-root rule for the
-smaller backprop batch); ``sample`` (importance-sampled selection, unbiased reweighting); ``noise``
-(entropy with keep raised towards 1 as the gradient noise scale grows, ``sift_fast/train/noise.py``).
+entropy arm's step count); ``anneal-horizon`` (keep → 1 as the run's horizon runs out,
+``--anneal-horizon 1``: the product form of the anneal, for time-budgeted runs too); ``lr`` (entropy with
+the peak LR × √keep, Adam's square-root rule for the smaller backprop batch); ``sample``
+(importance-sampled selection, unbiased reweighting); ``noise`` (entropy with keep raised towards 1 as the
+gradient noise scale grows, ``sift_fast/train/noise.py``).
 ``sift-pretrain``'s default SIFT is the ``entropy`` arm with the LR decayed over the run's horizon
 (``lr_horizon=auto``): in the ``-decay`` configurations, whose time budget ends every run, the ``entropy``
 arm is exactly the default.
@@ -66,7 +68,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "single-pass-decay": {"corpus": str(PROSE), "preset": "proxy-12", "lr_horizon": "budget"},
     "wide-decay": {"corpus": str(PROSE), "preset": "proxy-12-wide", "lr_horizon": "budget"},
 }
-ARMS = ("baseline", "entropy", "random", "anneal", "lr", "sample", "noise")
+ARMS = ("baseline", "entropy", "random", "anneal", "anneal-horizon", "lr", "sample", "noise")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 EARLY, LATE = (0.6, 0.75), (0.9, 0.97)  # accuracy targets: fractions of the baseline's best
 

@@ -116,6 +116,8 @@ class SiftConfig:
     score_tokens: int = opt(0, "score at most this many masked positions per sequence; 0 = all")
     selection_warmup_steps: int = opt(0, "steps with a uniform sample (no scoring) before selection starts")
     anneal_until: int = opt(0, "linearly anneal keep to 1.0 by this step; 0 = off")
+    anneal_horizon: float = opt(0.0, "linearly anneal keep to 1.0 by this fraction of the run's horizon (the "
+                                "progress the LR decay follows, --lr-horizon: steps and/or time budget); 0 = off")
     interrupt_every: int = opt(0, "every n-th step uses a uniform sample; 0 = off")
     random_pays_scoring: bool = opt(False, "selection random also runs (and ignores) the scoring pass")
     backend: Literal["auto", "triton", "torch"] = opt("auto", "scoring op backend (auto: triton on CUDA)")
@@ -166,6 +168,11 @@ class SiftConfig:
         if self.adaptive_keep == "noise" and self.anneal_until:
             raise ConfigError("adaptive_keep and anneal_until are two keep schedules; set one "
                               "(--adaptive-keep off or --anneal-until 0)")
+        if not 0.0 <= self.anneal_horizon <= 1.0:
+            raise ConfigError(f"anneal_horizon must be a fraction of the run in [0, 1]; got {self.anneal_horizon}")
+        if self.anneal_horizon and (self.anneal_until or self.adaptive_keep != "off"):
+            raise ConfigError("anneal_horizon is a third keep schedule beside anneal_until / adaptive_keep; set one "
+                              "(--anneal-until 0 and --adaptive-keep off, or --anneal-horizon 0)")
         if self.adaptive_keep == "noise" and self.selection_rule == "sample":
             raise ConfigError("adaptive_keep=noise needs selection_rule=topk (set --adaptive-keep off to sample)")
 
@@ -185,8 +192,8 @@ class SiftConfig:
         return self.candidates if self.selection == "none" else self.keep_size
 
     def require_drop_in(self, where: str) -> None:
-        """Refuse, in one line, what a drop-in whose host script owns the loss and backward cannot do:
-        global selection, the reweighted ``sample`` rule, the adaptive keep."""
+        """Refuse, in one line, what a drop-in whose host script owns the loss, backward and horizon cannot
+        do: global selection, the reweighted ``sample`` rule, the adaptive keep, the horizon anneal."""
         if self.selection_scope != "local":
             raise ConfigError(f"selection_scope 'global' is not supported by {where} (per-rank selection); use local")
         if self.selection_rule != "topk":
@@ -195,6 +202,9 @@ class SiftConfig:
         if self.adaptive_keep != "off":
             raise ConfigError(f"adaptive_keep is not supported by {where} (the script owns the backward); "
                               "use --adaptive-keep off and a fixed keep")
+        if self.anneal_horizon:
+            raise ConfigError(f"anneal_horizon is not supported by {where} (the script owns the run's horizon); "
+                              "use anneal_until (steps)")
 
 
 @dataclass

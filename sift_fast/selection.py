@@ -66,16 +66,21 @@ class Selector:
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(seed + 0x5EED)
         self.dynamic_k: int | None = None  # set by the adaptive keep rule (train/noise.py)
+        self.progress: float | None = None  # the run's spent horizon fraction, set by the loop (anneal_horizon)
 
     # --- schedule ---------------------------------------------------------------------------------
     def keep_count(self, step: int) -> int:
-        """Backprop batch size at ``step`` (annealed linearly to all candidates when configured)."""
+        """Backprop batch size at ``step`` (annealed linearly to all candidates when configured: by step
+        ``anneal_until``, or by the fraction ``anneal_horizon`` of the run's horizon, ``self.progress``)."""
         cfg, c = self.cfg, self.cfg.candidates
         base = cfg.backprop_size
         if self.dynamic_k is not None and cfg.selection != "none":
             return self.dynamic_k
         if cfg.anneal_until and step >= cfg.selection_warmup_steps:
             frac = min(1.0, (step - cfg.selection_warmup_steps) / (cfg.anneal_until - cfg.selection_warmup_steps))
+            return min(c, round(base + frac * (c - base)))
+        if cfg.anneal_horizon and self.progress is not None and step >= cfg.selection_warmup_steps:
+            frac = min(1.0, max(0.0, self.progress) / cfg.anneal_horizon)
             return min(c, round(base + frac * (c - base)))
         return base
 

@@ -412,6 +412,8 @@ BAD_INPUTS = {
     "noise decay 1": (["--noise-decay", "1"], "noise_decay must be in [0, 1)"),
     "sample mix 2": (["--sample-mix", "2"], "sample_mix must be in [0, 1]"),
     "two keep schedules": (["--adaptive-keep", "noise", "--anneal-until", "10"], "two keep schedules"),
+    "anneal horizon past the run": (["--anneal-horizon", "2"], "anneal_horizon must be a fraction of the run"),
+    "anneal horizon beside anneal until": (["--anneal-horizon", "0.5", "--anneal-until", "4"], "third keep schedule"),
     "unknown preset": (["--preset", "huge"], "unknown preset 'huge'"),
     "unknown flag": (["--kepp", "0.5"], "unrecognized arguments: --kepp"),
     "config missing": (["--config", "{dir}/nope.yaml"], "config file not found"),

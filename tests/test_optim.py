@@ -9,7 +9,7 @@ import torch
 from sift_fast.config import OptimConfig
 from sift_fast.errors import ConfigError
 from sift_fast.train.loop import Trainer
-from sift_fast.train.optim import LrProgress, build_scheduler, lr_factor
+from sift_fast.train.optim import LrProgress, build_scheduler, horizon_progress, lr_factor
 
 
 def test_lr_factor_by_hand():
@@ -91,3 +91,43 @@ def test_auto_in_the_loop_when_max_steps_ends_first(micro_cfg, tmp_path):
                         if (r := json.loads(x))["type"] == "step"]
     assert lrs["auto"] == lrs["steps"]
     assert lrs["auto"] == pytest.approx([tr.cfg.optim.lr * (1 - s / 8) for s in range(1, 9)], abs=1e-12)
+
+
+def test_horizon_progress_by_hand():
+    assert horizon_progress(0.3, None, "auto") == 0.3  # no clock: the step fraction
+    assert horizon_progress(0.3, 0.6, "steps") == 0.3
+    assert horizon_progress(0.3, 0.6, "budget") == 0.6
+    assert horizon_progress(0.3, 0.6, "auto") == 0.6 and horizon_progress(0.7, 0.6, "auto") == 0.7
+    assert horizon_progress(-0.1, None, "steps") == 0.0 and horizon_progress(0.2, 1.4, "budget") == 1.0
+
+
+@pytest.mark.parametrize("budget", [True, False])
+def test_anneal_horizon_in_the_loop(micro_cfg, tmp_path, budget):
+    """Kept count of step r = round(b + min(1, p / 0.5)·(C - b)), p = the horizon spent before step r: the
+    clock's share of a 3 s budget (0.25 s a step: (r - 1) / 12), or without a budget (r - 1) / max_steps."""
+    kw = {"time_budget_s": 3.0, "max_steps": 10**6} if budget else {"max_steps": 8}
+    cfg = micro_cfg(anneal_horizon=0.5, lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0,
+                    out=str(tmp_path / "run"), **kw)
+    tr = Trainer(cfg)
+    ticks = iter(range(10**6))
+    tr.clock = lambda: 0.25 * next(ticks)
+    tr.run()
+    steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines() if (r := json.loads(x))["type"] == "step"]
+    c, b = cfg.sift.candidates, cfg.sift.backprop_size
+    n = 12 if budget else 8
+    assert len(steps) == n and b < c
+    for r in steps:
+        p = (r["step"] - 1) / n
+        assert r["kept"] == min(c, round(b + min(1.0, p / 0.5) * (c - b))), r["step"]
+    assert steps[-1]["kept"] == c
+
+
+def test_anneal_horizon_refused_with_another_keep_schedule():
+    from sift_fast.config import SiftConfig
+
+    with pytest.raises(ConfigError, match="third keep schedule"):
+        SiftConfig(anneal_horizon=0.5, anneal_until=10)
+    with pytest.raises(ConfigError, match=r"anneal_horizon must be a fraction of the run in \[0, 1\]"):
+        SiftConfig(anneal_horizon=1.5)
+    with pytest.raises(ConfigError, match="not supported by the HF Trainer"):
+        SiftConfig(anneal_horizon=0.5).require_drop_in("the HF Trainer")

@@ -15,10 +15,10 @@ from typing import Any
 from sift_fast.config import Config, SiftConfig
 from sift_fast.errors import ConfigError
 
-ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb", "anneal", "auto", "lr", "sample",
-        "noise")
+ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb", "anneal", "anneal-horizon", "auto",
+        "lr", "sample", "noise")
 # the keep schedule and rule of a fixed-keep top-k arm
-FIXED = {"adaptive_keep": "off", "anneal_until": 0, "selection_rule": "topk"}
+FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk"}
 
 
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
         "default": {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
-                    "selection_rule": d.selection_rule},
+                    "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule},
         "entropy": {"selection": "entropy", **FIXED},
         "loss": {"selection": "loss", **FIXED},
         "random": {"selection": "random", "random_pays_scoring": True, **FIXED},
@@ -37,6 +37,8 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
         "sb": {"selection": "loss", "exit_layer": base.model.num_layers, **FIXED},
         "anneal": {"selection": "entropy", **FIXED,
                    "anneal_until": max(sift.selection_warmup_steps + 1, anneal_steps or base.train.max_steps)},
+        # keep -> 1.0 by the end of the run's horizon (steps and/or time budget, as the LR decay)
+        "anneal-horizon": {"selection": "entropy", **{**FIXED, "anneal_horizon": 1.0}},
         "auto": {"selection": "entropy", "exit_layer": "auto", **FIXED},
         # entropy with the peak LR × √keep: Adam's square-root rule for the smaller backprop batch
         "lr": {"selection": "entropy", **FIXED, "lr": base.optim.lr * math.sqrt(sift.keep)},

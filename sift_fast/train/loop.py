@@ -40,6 +40,7 @@ from sift_fast.train.checkpoint import rng_state, set_rng_state
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
 from sift_fast.train.metrics import Console, MetricsWriter, TensorBoardSink, TimeToTarget, format_step_line
+from sift_fast.train.optim import horizon_progress
 from sift_fast.train.overlap import build_overlap, overlap_strategy, resolve_pending
 from sift_fast.train.step import StepResult, sift_step
 
@@ -333,6 +334,10 @@ class Trainer:
                 if self._clock_lr():  # DeepSpeed: the progress agreed at the last log flush
                     self.engine.lr_progress.value = (self.train_time / tc.time_budget_s if self.engine.world_size == 1
                                                      else self.lr_agreed)
+                if self.cfg.sift.anneal_horizon:  # the keep anneal follows the same horizon as the LR decay
+                    self.selector.progress = horizon_progress(
+                        self.step / tc.max_steps, self.engine.lr_progress.value if self._clock_lr() else None,
+                        self.cfg.optim.lr_horizon)
                 t0 = self.clock()
                 res = self.train_step()
                 if self.device.type == "cuda" and (self.step + 1) % tc.log_every == 0:

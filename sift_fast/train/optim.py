@@ -83,6 +83,19 @@ class LrProgress:
         self.value = 0.0
 
 
+def horizon_progress(by_steps: float, clock: float | None, horizon: str) -> float:
+    """The run's spent fraction in [0, 1], one rule for the LR decay and the keep anneal (``anneal_horizon``):
+    the step fraction (``horizon=steps``, or no clock), the clock's spent share of the time budget
+    (``budget``), or whichever is further along (``auto``: the run ends at the sooner of the two)."""
+    if clock is None or horizon == "steps":
+        p = by_steps
+    elif horizon == "budget":
+        p = clock
+    else:
+        p = max(by_steps, clock)
+    return min(1.0, max(0.0, p))
+
+
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int, progress: float | None = None) -> float:
     """Multiplier of the peak lr at ``step``: linear warmup, then linear / cosine / constant decay.
 
@@ -95,11 +108,7 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int, progress: float | Non
     if cfg.lr_decay == "constant":
         return 1.0
     by_steps = (step - cfg.lr_warmup_steps) / max(1, max_steps - cfg.lr_warmup_steps)
-    if progress is None:
-        progress = by_steps
-    elif cfg.lr_horizon == "auto":
-        progress = max(by_steps, progress)
-    progress = min(1.0, max(0.0, progress))
+    progress = horizon_progress(by_steps, progress, cfg.lr_horizon)
     shape = 1.0 - progress if cfg.lr_decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 
