@@ -237,7 +237,7 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
     group = Path(args.runs) / name
     for d in sorted(group.glob("*_s*")) if group.exists() else []:
         arm, _, sd = d.name.rpartition("_s")
-        if not (d / "summary.json").exists() or arm not in ARMS:
+        if arm not in ARMS or not finished(d, args.budget_s):  # stopped early (SIGTERM) or still running: not quoted
             continue
         summ = json.loads((d / "summary.json").read_text())
         prev = runs.get(arm, {}).get(int(sd))
