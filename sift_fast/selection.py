@@ -76,13 +76,15 @@ class Selector:
         base = cfg.backprop_size
         if self.dynamic_k is not None and cfg.selection != "none":
             return self.dynamic_k
-        if cfg.anneal_until and step >= cfg.selection_warmup_steps:
+        if step < cfg.selection_warmup_steps:
+            return base
+        if cfg.anneal_until:
             frac = min(1.0, (step - cfg.selection_warmup_steps) / (cfg.anneal_until - cfg.selection_warmup_steps))
-            return min(c, round(base + frac * (c - base)))
-        if cfg.anneal_horizon and self.progress is not None and step >= cfg.selection_warmup_steps:
+        elif cfg.anneal_horizon and self.progress is not None:
             frac = min(1.0, max(0.0, self.progress) / cfg.anneal_horizon)
-            return min(c, round(base + frac * (c - base)))
-        return base
+        else:
+            return base
+        return min(c, round(base + frac * (c - base)))
 
     def plan(self, step: int) -> Plan:
         cfg = self.cfg

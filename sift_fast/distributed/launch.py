@@ -244,7 +244,7 @@ def shutdown() -> None:
 
     A rank that reaches interpreter finalization with gloo work still referenced (a DDP reducer, a trainer)
     can abort ("terminate called without an active exception", SIGABRT): seen in 1 of ~8 two-rank HF
-    Trainer runs; with the trainer dropped (``del``) before this call, 0 of 20.
+    Trainer runs; with the trainer dropped (``del``) before this call, 0 of 30.
     """
     import gc
 
