@@ -118,6 +118,9 @@ class SiftConfig:
     anneal_until: int = opt(0, "linearly anneal keep to 1.0 by this step; 0 = off")
     anneal_horizon: float = opt(0.0, "linearly anneal keep to 1.0 by this fraction of the run's horizon (the "
                                 "progress the LR decay follows, --lr-horizon: steps and/or time budget); 0 = off")
+    select_until: float = opt(0.3, "select while this fraction of the run's horizon (the progress the LR decay "
+                              "follows, --lr-horizon) is unspent, then plain full-batch steps with no scoring "
+                              "pass; 1 = select to the end (the paper's fixed SIFT)")
     interrupt_every: int = opt(0, "every n-th step uses a uniform sample; 0 = off")
     random_pays_scoring: bool = opt(False, "selection random also runs (and ignores) the scoring pass")
     backend: Literal["auto", "triton", "torch"] = opt("auto", "scoring op backend (auto: triton on CUDA)")
@@ -173,6 +176,9 @@ class SiftConfig:
         if self.anneal_horizon and (self.anneal_until or self.adaptive_keep != "off"):
             raise ConfigError("anneal_horizon is a third keep schedule beside anneal_until / adaptive_keep; set one "
                               "(--anneal-until 0 and --adaptive-keep off, or --anneal-horizon 0)")
+        if not 0.0 < self.select_until <= 1.0:
+            raise ConfigError(f"select_until must be a fraction of the run in (0, 1] (1 = select to the end); "
+                              f"got {self.select_until}")
         if self.adaptive_keep == "noise" and self.selection_rule == "sample":
             raise ConfigError("adaptive_keep=noise needs selection_rule=topk (set --adaptive-keep off to sample)")
 

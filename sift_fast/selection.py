@@ -69,11 +69,19 @@ class Selector:
         self.progress: float | None = None  # the run's spent horizon fraction, set by the loop (anneal_horizon)
 
     # --- schedule ---------------------------------------------------------------------------------
+    @property
+    def switched(self) -> bool:
+        """Whether the run is past ``select_until`` of its horizon: plain full-batch steps from then on."""
+        return self.cfg.select_until < 1.0 and self.progress is not None and self.progress >= self.cfg.select_until
+
     def keep_count(self, step: int) -> int:
         """Backprop batch size at ``step`` (annealed linearly to all candidates when configured: by step
-        ``anneal_until``, or by the fraction ``anneal_horizon`` of the run's horizon, ``self.progress``)."""
+        ``anneal_until``, or by the fraction ``anneal_horizon`` of the run's horizon, ``self.progress``); all
+        candidates once ``select_until`` of the horizon is spent (:attr:`switched`)."""
         cfg, c = self.cfg, self.cfg.candidates
         base = cfg.backprop_size
+        if self.switched:
+            return c
         if self.dynamic_k is not None and cfg.selection != "none":
             return self.dynamic_k
         if step < cfg.selection_warmup_steps:

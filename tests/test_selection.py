@@ -70,7 +70,7 @@ def test_drop_ins_refuse_what_their_host_loss_cannot_do():
 
 def test_anneal_horizon_follows_the_progress_by_hand():
     """keep 0.5 of 32 (16) rises linearly to 32 at progress 0.8: k = round(16 + min(1, p / 0.8) · 16)."""
-    s = Selector(SiftConfig(selection="entropy", keep=0.5, candidates=32, anneal_horizon=0.8))
+    s = Selector(SiftConfig(selection="entropy", keep=0.5, candidates=32, anneal_horizon=0.8, select_until=1.0))
     assert s.plan(5).keep_count == 16  # no progress set yet (a host that owns no horizon): no anneal
     for p, k in ((0.0, 16), (0.1, 18), (0.4, 24), (0.5, 26), (0.79, 32), (0.8, 32), (1.0, 32)):
         s.progress = p

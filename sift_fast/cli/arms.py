@@ -18,7 +18,7 @@ from sift_fast.errors import ConfigError
 ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb", "anneal", "anneal-horizon", "auto",
         "lr", "sample", "noise")
 # the keep schedule and rule of a fixed-keep top-k arm
-FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk"}
+FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk", "select_until": 1.0}
 
 
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
@@ -28,7 +28,8 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
         "default": {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
-                    "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule},
+                    "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule,
+                    "select_until": d.select_until},
         "entropy": {"selection": "entropy", **FIXED},
         "loss": {"selection": "loss", **FIXED},
         "random": {"selection": "random", "random_pays_scoring": True, **FIXED},

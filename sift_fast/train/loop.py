@@ -334,7 +334,7 @@ class Trainer:
                 if self._clock_lr():  # DeepSpeed: the progress agreed at the last log flush
                     self.engine.lr_progress.value = (self.train_time / tc.time_budget_s if self.engine.world_size == 1
                                                      else self.lr_agreed)
-                if self.cfg.sift.anneal_horizon:  # the keep anneal follows the same horizon as the LR decay
+                if self.cfg.sift.anneal_horizon or self.cfg.sift.select_until < 1.0:  # the LR decay's horizon
                     self.selector.progress = horizon_progress(
                         self.step / tc.max_steps, self.engine.lr_progress.value if self._clock_lr() else None,
                         self.cfg.optim.lr_horizon)
