@@ -70,6 +70,7 @@ class SiftArguments:
     score_tokens: int = _arg("score_tokens")
     selection_warmup_steps: int = _arg("selection_warmup_steps")
     anneal_until: int = _arg("anneal_until")
+    select_until: float = _arg("select_until")
     interrupt_every: int = _arg("interrupt_every")
     random_pays_scoring: bool = _arg("random_pays_scoring")
     selection_scope: Literal["local", "global"] = _arg("selection_scope")
@@ -231,6 +232,8 @@ class SiftTrainer(transformers.Trainer):
             raise ConfigError(f"SiftTrainer needs 'input_ids' and 'labels' in each training batch (got: "
                               f"{', '.join(inputs)}): use DataCollatorForLanguageModeling or a labels column")
         cfg, n = self.sift_cfg, int(inputs["input_ids"].shape[0])
+        if self.state.max_steps:  # select_until follows the Trainer's horizon, as its LR schedule does
+            self.sift_selector.progress = min(1.0, self.state.global_step / self.state.max_steps)
         plan = self.sift_selector.plan(self.state.global_step)
         if n != cfg.candidates:  # a short last batch: the same keep fraction of what it has
             k = max(1, min(n, round(plan.keep_count * n / cfg.candidates)))

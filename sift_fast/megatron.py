@@ -147,7 +147,7 @@ class SiftForwardStep:
     """The wrapped ``forward_step``; ``stats`` holds the last step's selection (for logging)."""
 
     def __init__(self, forward_step: Callable[..., Any], cfg: SiftConfig, seed: int = 0,
-                 adapter: Adapter | None = None) -> None:
+                 adapter: Adapter | None = None, horizon: int | None = None) -> None:
         if cfg.exit_layer == "auto":
             raise ConfigError("exit_layer 'auto' is not supported by the Megatron drop-in; give a layer number")
         if cfg.score_tokens:
@@ -160,6 +160,23 @@ class SiftForwardStep:
         self.step = 0
         self.stats: dict[str, Any] = {}
         self._checked = False
+        if horizon is not None and horizon < 1:
+            raise ConfigError(f"horizon must be the run's number of training micro-batches (>= 1); got {horizon}")
+        self.horizon = horizon  # training micro-batches of the run (select_until's denominator)
+
+    def _resolve_horizon(self) -> int | None:
+        """The run's training micro-batches from Megatron's args (train_iters × micro-batches per iteration)."""
+        if self.horizon is None and self.cfg.select_until < 1.0:
+            try:
+                from megatron.core.num_microbatches_calculator import get_num_microbatches
+                from megatron.training import get_args
+
+                self.horizon = int(get_args().train_iters) * int(get_num_microbatches())
+            except Exception as e:  # not under Megatron, or its args are not parsed yet
+                raise ConfigError(f"select_until {self.cfg.select_until} needs the run's length and Megatron's "
+                                  f"args could not give it ({type(e).__name__}): pass horizon=<training "
+                                  "micro-batches> to sift_forward_step, or select_until 1") from None
+        return self.horizon
 
     def candidate_scores(self, batch: Mapping[str, torch.Tensor], model: Any) -> torch.Tensor:
         return self.adapter(model, batch, int(self.cfg.exit_layer), self.criterion, self.cfg.backend)
@@ -182,6 +199,9 @@ class SiftForwardStep:
         if n != self.cfg.candidates:
             raise ConfigError(f"micro-batch has {n} samples but the SIFT config has candidates={self.cfg.candidates}:"
                               " set --micro-batch-size to the candidate pool")
+        horizon = self._resolve_horizon()
+        if horizon:  # the same spent fraction Megatron's LR schedule follows (train_iters)
+            self.selector.progress = min(1.0, self.step / horizon)
         plan = self.selector.plan(self.step)
         t0 = time.perf_counter()
         scores = None
@@ -212,12 +232,15 @@ def sift_forward_step(
     *,
     adapter: Adapter | None = None,
     seed: int | None = None,
+    horizon: int | None = None,
 ) -> SiftForwardStep:
     """Wrap a Megatron ``forward_step`` so it trains on the SIFT-selected part of each micro-batch.
 
     ``config``: a sift_fast ``Config`` (the same one the CLI and DeepSpeed entry points use), its
     ``SiftConfig``, a mapping of config fields (``{"keep": 0.5, "candidates": 32, ...}``) or the path
-    of a config file (the ``--config`` YAML/JSON of ``sift-pretrain``).
+    of a config file (the ``--config`` YAML/JSON of ``sift-pretrain``). ``horizon``: the run's training
+    micro-batches, for ``select_until`` (selection stops once that fraction is spent); default: Megatron's
+    ``train_iters`` × micro-batches per iteration, read at the first step.
     """
     sift, cfg_seed = _as_sift_config(config)
-    return SiftForwardStep(forward_step, sift, cfg_seed if seed is None else seed, adapter)
+    return SiftForwardStep(forward_step, sift, cfg_seed if seed is None else seed, adapter, horizon)

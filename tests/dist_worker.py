@@ -42,7 +42,7 @@ def make_cfg(args, out: Path, selection: str, scope: str, **extra):
     return build_config({
         "preset": "micro", "data": args.data, "cache_dir": args.cache_dir, "out": str(out), "max_steps": 10,
         "log_every": 1, "eval_every": 1000, "selection": selection, "selection_scope": scope, "keep": 0.5,
-        "candidates": 8, "checkpoint_every": 5, "keep_checkpoints": 3, "num_threads": 1, **extra,
+        "select_until": 1.0, "candidates": 8, "checkpoint_every": 5, "keep_checkpoints": 3, "num_threads": 1, **extra,
     })
 
 

@@ -47,7 +47,8 @@ def main() -> None:
                     ddp_backend="gloo" if a.mode != "single" else None, learning_rate=3e-3)
     tr = SiftTrainer(model=th.micro_model(tok), args=args, train_dataset=data,
                      data_collator=T.DataCollatorForTokenClassification(tok),
-                     sift_args=SiftArguments(selection="loss", keep=0.5, exit_layer="1"))
+                     sift_args=SiftArguments(selection="loss", keep=0.5, exit_layer="1",
+                                             select_until=1.0))
     tr.train()
     if tr.args.process_index == 0:
         logs = [h for h in tr.state.log_history if "loss" in h]

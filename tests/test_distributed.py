@@ -254,7 +254,7 @@ def reference(small_corpus, tmp_path, selection: str, scope: str, extra: dict):
 
     cfg = build_config({"preset": "micro", **small_corpus, "out": str(tmp_path / f"ref_{selection}_{scope}"),
                         "max_steps": 10, "log_every": 1, "eval_every": 1000, "selection": selection, "keep": 0.5,
-                        "candidates": 8 * WORLD, **extra})
+                        "select_until": 1.0, "candidates": 8 * WORLD, **extra})
     trainer = Trainer(cfg)
     if scope == "local" and selection != "none":
         trainer.select_fn = lambda plan, batch, scores: local_topk_union(scores, round(0.5 * 8), WORLD)
@@ -368,8 +368,10 @@ def test_cli_under_torchrun_bf16_zero2_global(small_corpus, tmp_path):
     steps = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
     steps = [r for r in steps if r["type"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]  # one writer: rank 0
-    assert all(r["candidates"] == 8 * WORLD and r["kept"] == 4 * WORLD for r in steps)
+    assert all(r["candidates"] == 8 * WORLD for r in steps)
+    # the default select_until 0.3 of 4 steps: steps 1, 2 select (global top-k), 3, 4 train on every candidate
+    assert [(r["mode"], r["kept"]) for r in steps] == [("score", 4 * WORLD)] * 2 + [("all", 8 * WORLD)] * 2
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["samples"] == 4 * 8 * WORLD and summary["backprop_samples"] == 4 * 4 * WORLD
+    assert summary["samples"] == 4 * 8 * WORLD and summary["backprop_samples"] == (2 * 4 + 2 * 8) * WORLD
     assert proc.stderr.count("done: 4 steps") == 1  # the summary line comes from rank 0 only
     assert (out / "checkpoints" / "latest").read_text() == "step_00000004"

@@ -414,6 +414,8 @@ BAD_INPUTS = {
     "two keep schedules": (["--adaptive-keep", "noise", "--anneal-until", "10"], "two keep schedules"),
     "anneal horizon past the run": (["--anneal-horizon", "2"], "anneal_horizon must be a fraction of the run"),
     "anneal horizon beside anneal until": (["--anneal-horizon", "0.5", "--anneal-until", "4"], "third keep schedule"),
+    "select until zero": (["--select-until", "0"], "select_until must be a fraction of the run"),
+    "select until past the run": (["--select-until", "1.2"], "select_until must be a fraction of the run"),
     "unknown preset": (["--preset", "huge"], "unknown preset 'huge'"),
     "unknown flag": (["--kepp", "0.5"], "unrecognized arguments: --kepp"),
     "config missing": (["--config", "{dir}/nope.yaml"], "config file not found"),

@@ -123,7 +123,7 @@ def brute_force_entropy(hf_model, inputs, k):
 def test_selection_equals_sift_selector(tok, lines, tmp_path, kind, token_types, score_tokens):
     """Under the Trainer: scores = fp64 brute force (dropout off); kept rows = sift_fast's Selector on that batch."""
     model = micro_model(tok, kind, dropout=0.2)
-    sift = SiftArguments(selection="entropy", keep=0.5, exit_layer="1", interrupt_every=3,
+    sift = SiftArguments(selection="entropy", keep=0.5, exit_layer="1", interrupt_every=3, select_until=1.0,
                          score_tokens=score_tokens)
     tr = Recording(model=model, args=targs(tmp_path, max_steps=3, gradient_accumulation_steps=2),
                    train_dataset=examples(tok, lines, token_types=token_types),

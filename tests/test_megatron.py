@@ -173,7 +173,8 @@ def test_wrapped_forward_step_trains_on_the_top_k(mcore_model):
     seen: list = []
     inner = _megatron_style_forward_step(seen)
     fs = sift_forward_step(inner, {"preset": "micro", "candidates": C, "keep": 0.5, "exit_layer": 1,
-                                   "selection": "entropy", "backend": "torch", "seed": 3})
+                                   "selection": "entropy", "backend": "torch", "seed": 3,
+                                   "select_until": 1.0})
     batch = _batch(3)
     torch.manual_seed(0)
     mcore_model.zero_grad()
@@ -218,7 +219,7 @@ def test_wrapped_forward_step_modes_and_errors(mcore_model, tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         sift_forward_step(lambda it, m: next(it), tmp_path / "missing.yaml")
     seen: list = []
-    base = {"preset": "micro", "candidates": C, "backend": "torch"}
+    base = {"preset": "micro", "candidates": C, "backend": "torch", "select_until": 1.0}
     fs = sift_forward_step(_megatron_style_forward_step(seen), {**base, "selection": "none"})
     fs(iter([_batch(4)]), _DDPLike(mcore_model))
     assert fs.stats["mode"] == "all" and seen[-1]["text"].shape[0] == C
@@ -254,7 +255,8 @@ def test_wrapped_forward_step_modes_and_errors(mcore_model, tmp_path):
 def test_resume_from_state_dict_continues_the_same_selection(mcore_model):
     """Uniform (random) selection draws from the wrapper's RNG: a restored wrapper draws the same rows."""
     model = mcore_model["untied"]
-    cfg = {"preset": "micro", "candidates": C, "keep": 0.5, "selection": "random", "backend": "torch", "seed": 11}
+    cfg = {"preset": "micro", "candidates": C, "keep": 0.5, "selection": "random", "backend": "torch", "seed": 11,
+           "select_until": 1.0}
     a = sift_forward_step(lambda it, m: next(it), cfg)
     for i in range(3):
         a(iter([_batch(i)]), model)
@@ -286,3 +288,23 @@ def test_bf16_model_under_float16module(mcore_model):
     torch.testing.assert_close(got[fin].double(), want[fin], rtol=2e-2, atol=2e-2)
     # and the ranking the wrapper keeps agrees with fp64 on this batch
     assert set(torch.topk(got, C // 2).indices.tolist()) == set(torch.topk(want, C // 2).indices.tolist())
+
+
+def test_select_until_follows_the_horizon_and_needs_one(mcore_model):
+    """The default schedule under Megatron: micro-batch r selects while r / horizon < select_until, then
+    passes every sample through with no scoring; without a horizon (and no Megatron args) one clear error."""
+    model = mcore_model["tied"]
+    seen: list = []
+    cfg = {"preset": "micro", "candidates": C, "keep": 0.5, "selection": "loss", "backend": "torch",
+           "select_until": 0.5}
+    fs = sift_forward_step(_megatron_style_forward_step(seen), cfg, horizon=4)
+    modes = []
+    for i in range(4):
+        fs(iter([_batch(i)]), model)
+        modes.append((fs.stats["mode"], fs.stats["kept"], fs.stats["scores"] is None))
+    assert modes == [("score", C // 2, False)] * 2 + [("all", C, True)] * 2
+    assert [s["text"].shape[0] for s in seen] == [C // 2] * 2 + [C] * 2
+    with pytest.raises(ConfigError, match="select_until 0.5 needs the run's length.*horizon="):
+        sift_forward_step(lambda it, m: next(it), cfg)(iter([_batch(0)]), model)
+    with pytest.raises(ConfigError, match="horizon must be"):
+        sift_forward_step(lambda it, m: next(it), cfg, horizon=0)

@@ -141,7 +141,8 @@ def test_sample_rule_loss_is_unbiased_for_the_baseline_loss(micro_cfg):
 
 
 def test_sample_rule_trains_and_logs(micro_cfg):
-    tr = Trainer(micro_cfg(selection="entropy", selection_rule="sample", keep=0.5, max_steps=4))
+    tr = Trainer(micro_cfg(selection="entropy", selection_rule="sample", keep=0.5, max_steps=4,
+                          select_until=1.0))
     summary = tr.run()
     assert summary["steps"] == 4 and tr.backprop_samples == 4 * 4
 

@@ -106,8 +106,8 @@ def test_anneal_horizon_in_the_loop(micro_cfg, tmp_path, budget):
     """Kept count of step r = round(b + min(1, p / 0.5)·(C - b)), p = the horizon spent before step r: the
     clock's share of a 3 s budget (0.25 s a step: (r - 1) / 12), or without a budget (r - 1) / max_steps."""
     kw = {"time_budget_s": 3.0, "max_steps": 10**6} if budget else {"max_steps": 8}
-    cfg = micro_cfg(anneal_horizon=0.5, lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0,
-                    out=str(tmp_path / "run"), **kw)
+    cfg = micro_cfg(anneal_horizon=0.5, select_until=1.0, lr_warmup_steps=0, log_every=1, eval_every=10**6,
+                    checkpoint_every=0, out=str(tmp_path / "run"), **kw)
     tr = Trainer(cfg)
     ticks = iter(range(10**6))
     tr.clock = lambda: 0.25 * next(ticks)
@@ -120,6 +120,57 @@ def test_anneal_horizon_in_the_loop(micro_cfg, tmp_path, budget):
         p = (r["step"] - 1) / n
         assert r["kept"] == min(c, round(b + min(1.0, p / 0.5) * (c - b))), r["step"]
     assert steps[-1]["kept"] == c
+
+
+@pytest.mark.parametrize("budget,overlap", [(True, "off"), (True, "sequential-stale"), (False, "off")])
+def test_select_until_in_the_loop(micro_cfg, tmp_path, monkeypatch, budget, overlap):
+    """The default schedule: step r selects (scores, keeps b) while p = the horizon spent before it is < 0.3
+    and trains on all C candidates with no scoring pass from then on; p = (r - 1) / 12 under a 3 s budget
+    at 0.25 s a step, (r - 1) / 10 by steps. The scoring passes are counted (the stale overlap scores the
+    next batch one step ahead: at most one wasted pass at the switch)."""
+    import sift_fast.train.overlap as overlap_mod
+    import sift_fast.train.step as step_mod
+
+    calls = []
+    for mod in (step_mod, overlap_mod):
+        real = mod.compute_scores
+        monkeypatch.setattr(mod, "compute_scores", lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
+    kw = {"time_budget_s": 3.0, "max_steps": 10**6} if budget else {"max_steps": 10}
+    cfg = micro_cfg(lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0, overlap=overlap,
+                    out=str(tmp_path / "run"), **kw)
+    assert cfg.sift.select_until == 0.3  # the default
+    tr = Trainer(cfg)
+    ticks = iter(range(10**6))
+    tr.clock = lambda: 0.25 * next(ticks)
+    tr.run()
+    steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines() if (r := json.loads(x))["type"] == "step"]
+    c, b = cfg.sift.candidates, cfg.sift.backprop_size
+    n = 12 if budget else 10
+    assert len(steps) == n and b < c
+    selecting = [r["step"] for r in steps if (r["step"] - 1) / n < 0.3]
+    for r in steps:
+        sel = r["step"] in selecting
+        assert (r["mode"], r["kept"]) == (("score", b) if sel else ("all", c)), r["step"]
+    assert len(selecting) in (len(calls), len(calls) - 1) and len(selecting) == (4 if budget else 3)
+
+
+def test_select_until_by_hand_and_refused_outside_its_range():
+    from sift_fast.config import SiftConfig
+    from sift_fast.selection import Selector
+
+    s = Selector(SiftConfig(selection="entropy", keep=0.5, candidates=32, select_until=0.4))
+    assert s.plan(9).mode == "score"  # no progress set (a host that owns no horizon): select to the end
+    for p, plan in ((0.0, ("score", 16)), (0.39, ("score", 16)), (0.4, ("all", 32)), (1.0, ("all", 32))):
+        s.progress = p
+        assert (s.plan(9).mode, s.plan(9).keep_count) == plan, p
+    s.dynamic_k = 8  # past the switch no keep schedule applies, the adaptive one included
+    assert s.keep_count(9) == 32
+    s = Selector(SiftConfig(selection="entropy", keep=0.5, candidates=32, select_until=1.0))
+    s.progress = 1.0
+    assert s.plan(9).mode == "score"  # 1 = the paper's fixed SIFT, to the end
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ConfigError, match=r"select_until must be a fraction of the run in \(0, 1\]"):
+            SiftConfig(select_until=bad)
 
 
 def test_anneal_horizon_refused_with_another_keep_schedule():

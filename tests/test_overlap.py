@@ -140,7 +140,8 @@ def _step_records(out_dir) -> list[dict]:
 @pytest.mark.parametrize("overlap,selection", [("sequential-stale", "entropy"), ("off", "loss"), ("off", "none")])
 def test_step_records_carry_score_time_and_hidden_share(micro_cfg, tmp_path, overlap, selection):
     out = tmp_path / f"{overlap}_{selection}"
-    Trainer(micro_cfg(out=str(out), overlap=overlap, selection=selection, max_steps=4, log_every=2)).run()
+    Trainer(micro_cfg(out=str(out), overlap=overlap, selection=selection, max_steps=4, log_every=2,
+                     select_until=1.0)).run()
     recs = _step_records(out)
     assert [r["step"] for r in recs] == [1, 2, 3, 4]
     for r in recs:

@@ -72,7 +72,8 @@ def test_full_depth_agrees_with_itself_and_layers_match_the_scoring_pass(micro_c
 
 def test_hook_runs_every_n_steps_and_logs(micro_cfg, tmp_path):
     out = tmp_path / "tele"
-    tr = Trainer(micro_cfg(out=str(out), selection="entropy", telemetry_every=3, max_steps=7))
+    tr = Trainer(micro_cfg(out=str(out), selection="entropy", telemetry_every=3, max_steps=7,
+                           select_until=1.0))
     tr.run()
     recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     tele = [r for r in recs if r["type"] == "selection_telemetry"]

@@ -17,8 +17,9 @@ from sift_fast.errors import ConfigError
 
 ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb", "anneal", "anneal-horizon", "auto",
         "lr", "sample", "noise")
-# the keep schedule and rule of a fixed-keep top-k arm
-FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk", "select_until": 1.0}
+# the keep schedule and rule of a fixed-keep top-k arm (selecting to the end of the run)
+FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk",
+         "select_until": 1.0}
 
 
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
