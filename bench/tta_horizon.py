@@ -226,6 +226,54 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
     return out
 
 
+def seed_sd(base: dict[int, dict[str, Any]], budget: float) -> float | None:
+    """Seed noise of the baseline's val loss: the median, over its evals past 10 % of the budget, of the sd
+    across seeds at equal CPU time (None with fewer than 2 seeds)."""
+    if len(base) < 2:
+        return None
+    first = next(iter(base.values()))["evals"]
+    sds = []
+    for e in first:
+        if e["wall_s"] < 0.1 * budget:
+            continue
+        vals = [v for r in base.values() if (v := interp(r["evals"], "val_loss", e["wall_s"])) is not None]
+        if len(vals) == len(base):
+            sds.append(mean_sd(vals)[1] or 0.0)
+    return sorted(sds)[len(sds) // 2] if sds else None
+
+
+def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budget: float) -> dict[str, Any]:
+    """The issue's two tests of a default, per arm: never worse than the baseline past 10 % of the budget
+    within seed noise (the seed-mean excess of val loss at equal CPU time <= the baseline's seed sd at every
+    eval of the arm's first seed), and its share of the entropy arm's time saving to the early targets."""
+    base = runs.get("baseline", {})
+    sd = seed_sd(base, budget)
+    out: dict[str, Any] = {"seed_sd": sd, "arms": {}}
+    ent = a["arms"].get("entropy", {}).get("targets", {})
+    for arm, by_seed in runs.items():
+        if arm == "baseline" or not by_seed:
+            continue
+        seeds = [s for s in by_seed if s in base]
+        worst = None
+        for e in by_seed[seeds[0]]["evals"] if seeds else []:
+            if e["wall_s"] < 0.1 * budget:
+                continue
+            ex = [v - b for s in seeds if (v := interp(by_seed[s]["evals"], "val_loss", e["wall_s"])) is not None
+                  and (b := interp(base[s]["evals"], "val_loss", e["wall_s"])) is not None]
+            if len(ex) == len(seeds):
+                m = sum(ex) / len(ex)
+                worst = m if worst is None else max(worst, m)
+        share = {}
+        for lv in (f"acc:{f:g}" for f in EARLY):
+            r, re_ = a["arms"][arm]["targets"].get(lv, {}).get("ratio", (None, None))[0], \
+                ent.get(lv, {}).get("ratio", (None, None))[0]
+            share[lv] = (1 - r) / (1 - re_) if r is not None and re_ is not None and re_ < 1 else None
+        out["arms"][arm] = {"seeds": len(seeds), "worst_mean_excess": worst,
+                            "within_noise": None if worst is None else worst <= (sd if sd is not None else 0.0),
+                            "early_share": share}
+    return out
+
+
 def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, Any]]:
     """Finished runs of configuration ``name``: this session's run dirs, then the committed report's."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
@@ -300,6 +348,23 @@ def render(name: str, rep: dict[str, Any]) -> str:
                              + (f"{c['passes']:.2f}" if c.get("passes") is not None else "?"))
             cells.append("; ".join(parts) or "-")
         lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    v = a.get("verdict")
+    if v and v["arms"]:
+        sd = v["seed_sd"]
+        lines += ["", "**Never loses?** Worst seed-mean excess of val loss over the baseline's at equal CPU time past "
+                  "10 % of the budget, against the baseline's seed sd " +
+                  (f"({sd:.4f}, median over its evals)" if sd is not None else
+                   "(one baseline seed: no noise estimate, so the test is excess ≤ 0)") +
+                  "; and the share of the entropy arm's time saving to the early targets kept:", "",
+                  "| arm | seeds | worst mean excess | within noise | early saving ÷ entropy's: " +
+                  " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) + " |",
+                  "|---|---|---|---|---|"]
+        for arm in (x for x in ARMS if x in v["arms"]):
+            r = v["arms"][arm]
+            w = "-" if r["worst_mean_excess"] is None else f"{r['worst_mean_excess']:+.4f}"
+            ok = {True: "yes", False: "**no**", None: "-"}[r["within_noise"]]
+            sh = " / ".join("-" if x is None else f"{x:.2f}" for x in r["early_share"].values())
+            lines.append(f"| {arm} | {r['seeds']} | {w} | {ok} | {sh} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -354,7 +419,9 @@ def write_report(name: str, args: argparse.Namespace, extra: dict[str, Any] | No
             "preset": c["preset"], "candidates": args.candidates, "keep": args.keep,
             "budget_s": max(args.budget_s, old_meta.get("budget_s", 0)), "eval_every": args.eval_every,
             "machine": old_meta.get("machine") or machine(), **(extra or {})}
-    rep = {"meta": meta, "analysis": analyse(runs, meta["budget_s"], meta),
+    analysis = analyse(runs, meta["budget_s"], meta)
+    analysis["verdict"] = verdict(runs, analysis, meta["budget_s"])
+    rep = {"meta": meta, "analysis": analysis,
            "runs": {a: {str(s): r for s, r in by.items()} for a, by in runs.items()}}
     stem = Path(args.results) / f"tta_horizon_{name}"
     atomic_write_json(stem.with_suffix(".json"), rep)

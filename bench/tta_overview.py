@@ -69,9 +69,10 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
     lines = ["", "# Long horizon: val loss ÷ baseline at equal CPU time, and the crossover", "",
              "From `bench/results/tta_horizon_*.json` (`python bench/tta_horizon.py`); mean ± sd over seeds; "
              "crossover = first eval past 10 % of the budget from which on the arm's val loss stays above the "
-             "baseline's (CPU-s / passes over the training split; `-` = never).", "",
-             "| config | arm | seeds | @25% | @50% | @75% | @100% | loss crossover | acc crossover |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "baseline's (CPU-s / passes over the training split; `-` = never); never loses = the worst seed-mean "
+             "excess of val loss past 10 % of the budget within the baseline's seed sd (`verdict` of each report).",
+             "", "| config | arm | seeds | @25% | @50% | @75% | @100% | loss crossover | acc crossover | worst excess "
+             "| never loses |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("tta_horizon_*.json")):
         rep = json.loads(path.read_text())
         name = path.stem.removeprefix("tta_horizon_")
@@ -88,8 +89,12 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
                 cells = [("-" if c is None else f"{c['wall_s']:.0f} s / {c['passes']:.1f}" if c.get("passes")
                           else f"{c['wall_s']:.0f} s") for c in r["crossover"].get(key, [])]
                 cross.append("; ".join(cells) or "-")
-            lines.append(f"| {head} | {arm} | {len(r['seeds'])} | " + " | ".join(eq + cross) + " |")
-            rows.append({"config": name, "arm": arm, "seeds": r["seeds"], "equal_time": eq, "crossover": cross})
+            v = rep["analysis"].get("verdict", {}).get("arms", {}).get(arm, {})
+            w = v.get("worst_mean_excess")
+            ver = ["-" if w is None else f"{w:+.3f}", {True: "yes", False: "no"}.get(v.get("within_noise"), "-")]
+            lines.append(f"| {head} | {arm} | {len(r['seeds'])} | " + " | ".join(eq + cross + ver) + " |")
+            rows.append({"config": name, "arm": arm, "seeds": r["seeds"], "equal_time": eq, "crossover": cross,
+                         "worst_excess": ver[0], "never_loses": ver[1]})
             head = ""
     return rows, "\n".join(lines) + "\n"
 

@@ -34,3 +34,25 @@ def test_collect_skips_runs_stopped_before_the_budget(tmp_path):
     args = argparse.Namespace(results=str(tmp_path / "results"), runs=str(tmp_path / "runs"), budget_s=2700.0)
     runs, _ = th.collect("repeated-decay", args)
     assert sorted(runs) == ["baseline", "entropy"] and sorted(runs["baseline"]) == [0]  # seed 1 stopped at 185 s
+
+
+def test_verdict_by_hand():
+    """Baseline seeds 0 / 1 differ by 0.2 at every eval (sd 0.1414); the default is 0.1 worse than seed 0's
+    baseline and level with seed 1's (mean excess 0.05 <= sd: within noise); a loser 0.3 worse is not.
+    Early targets: entropy 0.5× the baseline's time, the default 0.6× -> it keeps 0.8 of the saving."""
+    t = [0, 100, 200, 300, 400]
+    b0 = _evals([(x, 9.0 - 0.01 * x) for x in t])
+    b1 = _evals([(x, 9.2 - 0.01 * x) for x in t])
+    runs = {"baseline": {0: {"evals": b0}, 1: {"evals": b1}},
+            "default": {0: {"evals": _evals([(x, 9.1 - 0.01 * x) for x in t])},
+                        1: {"evals": _evals([(x, 9.2 - 0.01 * x) for x in t])}},
+            "entropy": {0: {"evals": _evals([(x, 9.3 - 0.01 * x) for x in t])}}}
+    assert abs(th.seed_sd(runs["baseline"], 400.0) - 0.2 / 2 ** 0.5) < 1e-9
+    a = {"arms": {"default": {"targets": {"acc:0.6": {"ratio": (0.6, None)}, "acc:0.75": {"ratio": (1.1, None)}}},
+                  "entropy": {"targets": {"acc:0.6": {"ratio": (0.5, None)}, "acc:0.75": {"ratio": (0.9, None)}}}}}
+    v = th.verdict(runs, a, 400.0)
+    d, e = v["arms"]["default"], v["arms"]["entropy"]
+    assert d["seeds"] == 2 and abs(d["worst_mean_excess"] - 0.05) < 1e-9 and d["within_noise"] is True
+    assert abs(d["early_share"]["acc:0.6"] - 0.8) < 1e-9 and abs(d["early_share"]["acc:0.75"] + 1.0) < 1e-9
+    assert e["seeds"] == 1 and abs(e["worst_mean_excess"] - 0.3) < 1e-9 and e["within_noise"] is False
+    assert th.seed_sd({0: {"evals": b0}}, 400.0) is None  # one seed: no noise estimate
