@@ -101,18 +101,24 @@ def test_horizon_progress_by_hand():
     assert horizon_progress(-0.1, None, "steps") == 0.0 and horizon_progress(0.2, 1.4, "budget") == 1.0
 
 
-@pytest.mark.parametrize("budget", [True, False])
-def test_anneal_horizon_in_the_loop(micro_cfg, tmp_path, budget):
-    """Kept count of step r = round(b + min(1, p / 0.5)·(C - b)), p = the horizon spent before step r: the
-    clock's share of a 3 s budget (0.25 s a step: (r - 1) / 12), or without a budget (r - 1) / max_steps."""
-    kw = {"time_budget_s": 3.0, "max_steps": 10**6} if budget else {"max_steps": 8}
-    cfg = micro_cfg(anneal_horizon=0.5, select_until=1.0, lr_warmup_steps=0, log_every=1, eval_every=10**6,
-                    checkpoint_every=0, out=str(tmp_path / "run"), **kw)
+def _fake_clock_run(micro_cfg, tmp_path, budget: bool, max_steps: int, **kw):
+    """A micro run whose clock ticks 0.25 s a step: a 3 s budget (12 steps), or ``max_steps`` without one."""
+    kw.update({"time_budget_s": 3.0, "max_steps": 10**6} if budget else {"max_steps": max_steps})
+    cfg = micro_cfg(lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0, out=str(tmp_path / "run"),
+                    **kw)
     tr = Trainer(cfg)
     ticks = iter(range(10**6))
     tr.clock = lambda: 0.25 * next(ticks)
     tr.run()
-    steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines() if (r := json.loads(x))["type"] == "step"]
+    return cfg, [r for x in (tr.out / "metrics.jsonl").read_text().splitlines()
+                 if (r := json.loads(x))["type"] == "step"]
+
+
+@pytest.mark.parametrize("budget", [True, False])
+def test_anneal_horizon_in_the_loop(micro_cfg, tmp_path, budget):
+    """Kept count of step r = round(b + min(1, p / 0.5)·(C - b)), p = the horizon spent before step r: the
+    clock's share of a 3 s budget (0.25 s a step: (r - 1) / 12), or without a budget (r - 1) / max_steps."""
+    cfg, steps = _fake_clock_run(micro_cfg, tmp_path, budget, 8, anneal_horizon=0.5, select_until=1.0)
     c, b = cfg.sift.candidates, cfg.sift.backprop_size
     n = 12 if budget else 8
     assert len(steps) == n and b < c
@@ -135,15 +141,8 @@ def test_select_until_in_the_loop(micro_cfg, tmp_path, monkeypatch, budget, over
     for mod in (step_mod, overlap_mod):
         real = mod.compute_scores
         monkeypatch.setattr(mod, "compute_scores", lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
-    kw = {"time_budget_s": 3.0, "max_steps": 10**6} if budget else {"max_steps": 10}
-    cfg = micro_cfg(lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0, overlap=overlap,
-                    out=str(tmp_path / "run"), **kw)
+    cfg, steps = _fake_clock_run(micro_cfg, tmp_path, budget, 10, overlap=overlap)
     assert cfg.sift.select_until == 0.3  # the default
-    tr = Trainer(cfg)
-    ticks = iter(range(10**6))
-    tr.clock = lambda: 0.25 * next(ticks)
-    tr.run()
-    steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines() if (r := json.loads(x))["type"] == "step"]
     c, b = cfg.sift.candidates, cfg.sift.backprop_size
     n = 12 if budget else 10
     assert len(steps) == n and b < c
