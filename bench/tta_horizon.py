@@ -19,9 +19,9 @@ entropy arm's step count); ``anneal-horizon`` (keep → 1 as the run's horizon r
 the peak LR × √keep, Adam's square-root rule for the smaller backprop batch); ``sample``
 (importance-sampled selection, unbiased reweighting); ``noise`` (entropy with keep raised towards 1 as the
 gradient noise scale grows, ``sift_fast/train/noise.py``).
-``sift-pretrain``'s default SIFT is the ``entropy`` arm with the LR decayed over the run's horizon
-(``lr_horizon=auto``): in the ``-decay`` configurations, whose time budget ends every run, the ``entropy``
-arm is exactly the default.
+``default`` is exactly what ``sift-pretrain`` does with no selection flag: the ``entropy`` arm for the first
+``select_until`` = 30 % of the run's horizon (the LR decay's), then plain full-batch steps with no scoring
+pass. ``entropy`` and the other fixed-keep arms pin ``select_until`` to 1 (select to the end).
 
 Reported per configuration and arm (``bench/results/tta_horizon_<config>.{md,json,png}``): val loss and
 accuracy ÷ baseline at equal CPU time at 25/50/75/100 % of the budget, the crossover (the first eval
