@@ -222,8 +222,34 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
                              and (b := interp(base[sd]["evals"], "val_loss", e["wall_s"])) is not None]
                     excess.append(max(diffs) if diffs else None)
             row["worst_excess"]["val_loss"] = excess
+            row["clock_ratio"] = [clock_ratio(r["evals"], base[sd]["evals"]) if sd in base else None
+                                  for sd, r in by_seed.items()]
         out["arms"][arm] = row
     return out
+
+
+def full_step_time(evals: list[dict[str, Any]]) -> tuple[float, float, float] | None:
+    """(s/step, first, last CPU-s) over the eval intervals where every candidate was backpropagated (a
+    switched arm's plain steps, or the baseline's); None if there are none."""
+    spent = steps = 0.0
+    lo = hi = None
+    for e0, e1 in zip(evals, evals[1:]):
+        ds = e1["samples"] - e0["samples"]
+        if ds > 0 and e1["backprop_samples"] - e0["backprop_samples"] == ds and e1["step"] > e0["step"]:
+            spent, steps = spent + e1["wall_s"] - e0["wall_s"], steps + e1["step"] - e0["step"]
+            lo, hi = e0["wall_s"] if lo is None else lo, e1["wall_s"]
+    return None if not steps else (spent / steps, lo, hi)
+
+
+def clock_ratio(arm: list[dict[str, Any]], base: list[dict[str, Any]]) -> float | None:
+    """The same full step timed in both runs: the arm's s/step after its switch ÷ the baseline's over the same
+    CPU-time window. 1 = both clocks ran alike; > 1 = the arm's run was slowed (its curve is penalised)."""
+    a = full_step_time(arm)
+    if a is None:
+        return None
+    win = [e for e in base if a[1] <= e["wall_s"] <= a[2]]
+    b = full_step_time(win)
+    return None if b is None else a[0] / b[0]
 
 
 def seed_sd(base: dict[int, dict[str, Any]], budget: float) -> float | None:
@@ -355,16 +381,20 @@ def render(name: str, rep: dict[str, Any]) -> str:
                   "10 % of the budget, against the baseline's seed sd " +
                   (f"({sd:.4f}, median over its evals)" if sd is not None else
                    "(one baseline seed: no noise estimate, so the test is excess ≤ 0)") +
-                  "; and the share of the entropy arm's time saving to the early targets kept:", "",
+                  "; the share of the entropy arm's time saving to the early targets kept; and the clock check "
+                  "(an arm that switches to the plain step times the same step as the baseline: its s/step there ÷ "
+                  "the baseline's over the same CPU-time window, per seed; > 1 means its run's clock ran slow, "
+                  "which penalises its curve):", "",
                   "| arm | seeds | worst mean excess | within noise | early saving ÷ entropy's: " +
-                  " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) + " |",
-                  "|---|---|---|---|---|"]
+                  " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) +
+                  " | clock check |", "|---|---|---|---|---|---|"]
         for arm in (x for x in ARMS if x in v["arms"]):
             r = v["arms"][arm]
             w = "-" if r["worst_mean_excess"] is None else f"{r['worst_mean_excess']:+.4f}"
             ok = {True: "yes", False: "**no**", None: "-"}[r["within_noise"]]
             sh = " / ".join("-" if x is None else f"{x:.2f}" for x in r["early_share"].values())
-            lines.append(f"| {arm} | {r['seeds']} | {w} | {ok} | {sh} |")
+            ck = ", ".join(f"{x:.3f}" for x in a["arms"][arm].get("clock_ratio", []) if x is not None) or "-"
+            lines.append(f"| {arm} | {r['seeds']} | {w} | {ok} | {sh} | {ck} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -56,3 +56,17 @@ def test_verdict_by_hand():
     assert abs(d["early_share"]["acc:0.6"] - 0.8) < 1e-9 and abs(d["early_share"]["acc:0.75"] + 1.0) < 1e-9
     assert e["seeds"] == 1 and abs(e["worst_mean_excess"] - 0.3) < 1e-9 and e["within_noise"] is False
     assert th.seed_sd({0: {"evals": b0}}, 400.0) is None  # one seed: no noise estimate
+
+
+def test_clock_ratio_times_the_same_full_step_in_both_runs():
+    """Default: 4 SIFT steps of 32 candidates, 16 kept (1 s each), then full steps at 3 s each; the baseline's
+    full step takes 2 s, 2.5 s inside the default's plain window [4, 10] s -> 3 / 2.5 = 1.2."""
+    def ev(t, step, samples, bp):
+        return {"wall_s": t, "step": step, "samples": samples, "backprop_samples": bp}
+
+    arm = [ev(0, 0, 0, 0), ev(4, 4, 128, 64), ev(7, 5, 160, 96), ev(10, 6, 192, 128)]
+    base = [ev(0, 0, 0, 0), ev(4, 2, 64, 64), ev(6.5, 3, 96, 96), ev(9, 4, 128, 128), ev(11, 5, 160, 160)]
+    assert th.full_step_time(arm) == (3.0, 4, 10)
+    assert th.full_step_time(base)[0] == 11 / 5
+    assert abs(th.clock_ratio(arm, base) - 3.0 / 2.5) < 1e-12
+    assert th.clock_ratio(arm[:2], base) is None  # a fixed-keep arm never takes a full step
