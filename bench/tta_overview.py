@@ -70,9 +70,11 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
              "From `bench/results/tta_horizon_*.json` (`python bench/tta_horizon.py`); mean ± sd over seeds; "
              "crossover = first eval past 10 % of the budget from which on the arm's val loss stays above the "
              "baseline's (CPU-s / passes over the training split; `-` = never); never loses = the worst seed-mean "
-             "excess of val loss past 10 % of the budget within the baseline's seed sd (`verdict` of each report).",
+             "excess of val loss past 10 % of the budget within the baseline's seed sd (`verdict` of each report); "
+             "clock = a switched arm's s/step on its plain steps ÷ the baseline's on the same step and CPU-time "
+             "window, per seed (> 1: its clock ran slow, its curve is penalised).",
              "", "| config | arm | seeds | @25% | @50% | @75% | @100% | loss crossover | acc crossover | worst excess "
-             "| never loses |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| never loses | clock |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("tta_horizon_*.json")):
         rep = json.loads(path.read_text())
         name = path.stem.removeprefix("tta_horizon_")
@@ -92,9 +94,10 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
             v = rep["analysis"].get("verdict", {}).get("arms", {}).get(arm, {})
             w = v.get("worst_mean_excess")
             ver = ["-" if w is None else f"{w:+.3f}", {True: "yes", False: "no"}.get(v.get("within_noise"), "-")]
-            lines.append(f"| {head} | {arm} | {len(r['seeds'])} | " + " | ".join(eq + cross + ver) + " |")
+            ck = ", ".join(f"{x:.2f}" for x in r.get("clock_ratio", []) if x is not None) or "-"
+            lines.append(f"| {head} | {arm} | {len(r['seeds'])} | " + " | ".join(eq + cross + ver + [ck]) + " |")
             rows.append({"config": name, "arm": arm, "seeds": r["seeds"], "equal_time": eq, "crossover": cross,
-                         "worst_excess": ver[0], "never_loses": ver[1]})
+                         "worst_excess": ver[0], "never_loses": ver[1], "clock": ck})
             head = ""
     return rows, "\n".join(lines) + "\n"
 
