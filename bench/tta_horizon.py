@@ -146,9 +146,9 @@ def run_jobs(args: argparse.Namespace) -> None:
 
 
 # --- analysis ---------------------------------------------------------------------------------------
-def interp(evals: list[dict[str, Any]], key: str, t: float) -> float | None:
-    """``key`` linearly interpolated at training time ``t`` (None outside the evaluated range)."""
-    pts = [(e["wall_s"], e[key]) for e in evals if e[key] == e[key]]
+def interp(evals: list[dict[str, Any]], key: str, t: float, x: str = "wall_s") -> float | None:
+    """``key`` linearly interpolated at ``x`` = ``t`` (training time by default; None outside the evaluated range)."""
+    pts = [(e[x], e[key]) for e in evals if e[key] == e[key]]
     for (t0, v0), (t1, v1) in zip(pts, pts[1:]):
         if t0 <= t <= t1:
             return v0 if t1 == t0 else v0 + (t - t0) / (t1 - t0) * (v1 - v0)
@@ -254,7 +254,9 @@ def clock_ratio(arm: list[dict[str, Any]], base: list[dict[str, Any]]) -> float 
 
 def seed_sd(base: dict[int, dict[str, Any]], budget: float) -> float | None:
     """Seed noise of the baseline's val loss: the median, over its evals past 10 % of the budget, of the sd
-    across seeds at equal CPU time (None with fewer than 2 seeds)."""
+    across seeds at equal step (None with fewer than 2 seeds). Equal step, not equal CPU time: every baseline
+    step is the same work, so this is the seeds' spread alone, free of the CPU clock's drift between runs
+    (7 % within a session, up to 40 % between sessions on the shared machine)."""
     if len(base) < 2:
         return None
     first = next(iter(base.values()))["evals"]
@@ -262,7 +264,7 @@ def seed_sd(base: dict[int, dict[str, Any]], budget: float) -> float | None:
     for e in first:
         if e["wall_s"] < 0.1 * budget:
             continue
-        vals = [v for r in base.values() if (v := interp(r["evals"], "val_loss", e["wall_s"])) is not None]
+        vals = [v for r in base.values() if (v := interp(r["evals"], "val_loss", e["step"], "step")) is not None]
         if len(vals) == len(base):
             sds.append(mean_sd(vals)[1] or 0.0)
     return sorted(sds)[len(sds) // 2] if sds else None

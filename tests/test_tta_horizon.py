@@ -70,3 +70,14 @@ def test_clock_ratio_times_the_same_full_step_in_both_runs():
     assert th.full_step_time(base)[0] == 11 / 5
     assert abs(th.clock_ratio(arm, base) - 3.0 / 2.5) < 1e-12
     assert th.clock_ratio(arm[:2], base) is None  # a fixed-keep arm never takes a full step
+
+
+def test_seed_sd_is_free_of_clock_drift():
+    """Two baseline seeds with the same loss per step, one timed 1.4× slower (another session's clock): at equal
+    CPU time they differ, at equal step they do not -> no seed noise; a real 0.2 offset per step is seen."""
+    steps = range(0, 500, 50)
+    b0 = [{"wall_s": 1.0 * s, "step": s, "val_loss": 9.0 - 0.002 * s} for s in steps]
+    slow = [{"wall_s": 1.4 * s, "step": s, "val_loss": 9.0 - 0.002 * s} for s in steps]
+    off = [{"wall_s": 1.0 * s, "step": s, "val_loss": 9.2 - 0.002 * s} for s in steps]
+    assert th.seed_sd({0: {"evals": b0}, 1: {"evals": slow}}, 450.0) == 0.0
+    assert abs(th.seed_sd({0: {"evals": b0}, 1: {"evals": off}}, 450.0) - 0.2 / 2 ** 0.5) < 1e-9
