@@ -68,7 +68,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "single-pass-decay": {"corpus": str(PROSE), "preset": "proxy-12", "lr_horizon": "budget"},
     "wide-decay": {"corpus": str(PROSE), "preset": "proxy-12-wide", "lr_horizon": "budget"},
 }
-ARMS = ("baseline", "default", "entropy", "random", "anneal", "anneal-horizon", "lr", "sample", "noise")
+ARMS = ("baseline", "default", "default-lr", "entropy", "random", "anneal", "anneal-horizon", "lr", "sample", "noise")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 EARLY, LATE = (0.6, 0.75), (0.9, 0.97)  # accuracy targets: fractions of the baseline's best
 

@@ -12,25 +12,28 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from sift_fast.config import Config, SiftConfig
+from sift_fast.config import Config, OptimConfig, SiftConfig
 from sift_fast.errors import ConfigError
 
-ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb", "anneal", "anneal-horizon", "auto",
-        "lr", "sample", "noise")
+ARMS = ("baseline", "default", "default-lr", "entropy", "loss", "random", "random-free", "sb", "anneal",
+        "anneal-horizon", "auto", "lr", "sample", "noise")
 # the keep schedule and rule of a fixed-keep top-k arm (selecting to the end of the run)
 FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk",
-         "select_until": 1.0}
+         "select_until": 1.0, "lr_batch_scale": "none"}
 
 
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
     """Overrides that turn ``base`` into arm ``name``; ``anneal`` reaches keep 1.0 at ``anneal_steps``
     (default: the base's ``max_steps``)."""
     sift, d = base.sift, SiftConfig()
+    default = {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
+               "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule, "select_until": d.select_until,
+               "lr_batch_scale": OptimConfig().lr_batch_scale}
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
-        "default": {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
-                    "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule,
-                    "select_until": d.select_until},
+        "default": default,
+        # the default with the LR of its selection steps scaled by sqrt(keep) (optim.lr_batch_scale=sqrt)
+        "default-lr": {**default, "lr_batch_scale": "sqrt"},
         "entropy": {"selection": "entropy", **FIXED},
         "loss": {"selection": "loss", **FIXED},
         "random": {"selection": "random", "random_pays_scoring": True, **FIXED},

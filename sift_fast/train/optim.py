@@ -76,11 +76,23 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
 
 
 class LrProgress:
-    """Fraction of the time budget spent, set by the training loop before each step (``lr_horizon`` auto/budget;
-    stays 0 in a run without a time budget)."""
+    """Set by the training loop before each step: ``value``, the fraction of the time budget spent
+    (``lr_horizon`` auto/budget; stays 0 in a run without a time budget), and ``batch_scale``, the LR
+    multiplier of the step's backprop batch (``lr_batch_scale``; 1 for a full batch). The scheduler reads
+    both when it sets the next step's LR, so, like the clock-driven decay, a change takes effect one step
+    later."""
 
     def __init__(self) -> None:
         self.value = 0.0
+        self.batch_scale = 1.0
+
+
+BATCH_SCALE_POWER = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+
+
+def batch_scale(kept: int, candidates: int, rule: str) -> float:
+    """LR multiplier of a step that backprops ``kept`` of ``candidates`` sequences (``optim.lr_batch_scale``)."""
+    return (kept / candidates) ** BATCH_SCALE_POWER[rule] if candidates else 1.0
 
 
 def horizon_progress(by_steps: float, clock: float | None, horizon: str) -> float:
@@ -115,9 +127,13 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int, progress: float | Non
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int,
                     progress: LrProgress | None = None):
-    """LambdaLR over :func:`lr_factor`; ``progress`` (the loop's time fraction) enters unless lr_horizon=steps."""
-    if cfg.lr_horizon != "steps" and progress is None:
-        raise ValueError(f"lr_horizon={cfg.lr_horizon} needs the loop's LrProgress")
-    p = progress if cfg.lr_horizon != "steps" else None
+    """LambdaLR over :func:`lr_factor`; ``progress`` (the loop's time fraction) enters unless lr_horizon=steps,
+    its batch scale unless lr_batch_scale=none."""
+    if (cfg.lr_horizon != "steps" or cfg.lr_batch_scale != "none") and progress is None:
+        raise ValueError(f"lr_horizon={cfg.lr_horizon} and lr_batch_scale={cfg.lr_batch_scale} need the loop's "
+                         "LrProgress")
+    clock = progress if cfg.lr_horizon != "steps" else None
+    scaled = progress if cfg.lr_batch_scale != "none" else None
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg, max_steps, None if p is None else p.value))
+        optimizer, lambda s: lr_factor(s, cfg, max_steps, None if clock is None else clock.value)
+        * (1.0 if scaled is None else scaled.batch_scale))

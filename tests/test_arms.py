@@ -1,0 +1,24 @@
+"""sift_fast/cli/arms.py: ``default`` is exactly the trainer's default; every other SIFT arm pins its schedule."""
+
+import pytest
+
+from sift_fast.cli.arms import ARMS, arm_overrides
+from sift_fast.config import build_config
+from sift_fast.errors import ConfigError
+
+
+def test_default_arm_is_the_trainers_default_and_fixed_arms_pin_their_schedule():
+    plain = build_config({"preset": "proxy-12"})
+    # a base with every schedule knob moved off its default: the arms must not inherit any of it
+    base = plain.replace(select_until=0.7, lr_batch_scale="linear", anneal_horizon=0.5, selection="loss")
+    default = base.replace(**arm_overrides("default", base))
+    assert (default.sift, default.optim) == (plain.sift, plain.optim)
+    lr = base.replace(**arm_overrides("default-lr", base))
+    assert lr.optim.lr_batch_scale == "sqrt" and lr.sift == plain.sift
+    for arm in ("entropy", "random", "lr", "sample", "noise"):
+        c = base.replace(**arm_overrides(arm, base))
+        assert (c.sift.select_until, c.optim.lr_batch_scale, c.sift.anneal_horizon) == (1.0, "none", 0.0), arm
+    assert base.replace(**arm_overrides("lr", base)).optim.lr == pytest.approx(plain.optim.lr * 0.5 ** 0.5)
+    assert set(ARMS) >= {"baseline", "default", "default-lr", "entropy"}
+    with pytest.raises(ConfigError, match="unknown arm"):
+        arm_overrides("nope", base)
