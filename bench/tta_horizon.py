@@ -184,6 +184,8 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
                                "worst_excess": {}}
         row["final_loss"] = mean_sd([r["evals"][-1]["val_loss"] for r in by_seed.values()])
         row["final_acc"] = mean_sd([r["evals"][-1]["val_mlm_acc"] for r in by_seed.values()])
+        for key in ("all", "word_embeddings"):
+            row[f"norm_{key}"] = mean_sd([r["norms"][key] for r in by_seed.values() if r.get("norms")])
         row["step_time"] = mean_sd([r["summary"]["train_time_s"] / max(1, r["summary"]["steps"])
                                     for r in by_seed.values()])
         for f in FRACTIONS:
@@ -319,8 +321,26 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
         prev = runs.get(arm, {}).get(int(sd))
         if prev is None or summ["train_time_s"] >= prev["summary"]["train_time_s"]:
             runs.setdefault(arm, {})[int(sd)] = {"summary": summ, "evals": read_evals(d),
-                                                 "adaptive": _adaptive_trace(d)}
+                                                 "adaptive": _adaptive_trace(d), "norms": final_norms(d)}
     return runs, old.get("meta", {})
+
+
+def final_norms(run: Path) -> dict[str, float] | None:
+    """L2 norms of the final weights (all; the encoder's matrices; the word embeddings): more optimizer steps at
+    the same LR grow them, and with LayerNorm a larger norm is a smaller effective LR for the rest of the run."""
+    from sift_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    path = latest_checkpoint(run / "checkpoints")
+    if path is None:
+        return None
+    model = load_checkpoint(path)["engine"]["model"]
+
+    def norm(keep) -> float:
+        return sum(float(v.double().pow(2).sum()) for k, v in model.items()
+                   if v.is_floating_point() and keep(k, v)) ** 0.5
+
+    return {"all": norm(lambda k, v: True), "encoder_matrices": norm(lambda k, v: v.dim() == 2 and ".encoder." in k),
+            "word_embeddings": norm(lambda k, v: k.endswith("word_embeddings.weight"))}
 
 
 def _adaptive_trace(run: Path) -> list[list[float]]:
@@ -349,8 +369,8 @@ def render(name: str, rep: dict[str, Any]) -> str:
              f"Machine: {meta['machine']}. Ratios are arm ÷ baseline of the same seed; mean ± sd over seeds.", "",
              "| arm | seeds | s/step | final val loss | final acc | " +
              " | ".join(f"loss@{int(f * 100)}%" for f in FRACTIONS) + " | " +
-             " | ".join(f"acc {k[4:]}×best" for k in a["levels"]) + " | worst loss excess past 10% |",
-             "|---" * (6 + len(FRACTIONS) + len(a["levels"])) + "|"]
+             " | ".join(f"acc {k[4:]}×best" for k in a["levels"]) + " | worst loss excess past 10% | final ‖W‖ / ‖E‖ |",
+             "|---" * (7 + len(FRACTIONS) + len(a["levels"])) + "|"]
     for arm in arms:
         r = a["arms"][arm]
         eq = [_f(r["equal_time"][f"val_loss@{f:g}"]) for f in FRACTIONS]
@@ -359,9 +379,12 @@ def render(name: str, rep: dict[str, Any]) -> str:
         ex = [x for x in r["worst_excess"].get("val_loss", []) if x is not None]
         lines.append(f"| {arm} | {len(r['seeds'])} | {_f(r['step_time'])} | {_f(r['final_loss'])} | "
                      f"{_f(r['final_acc'], '.4f')} | " + " | ".join(eq) + " | " + " | ".join(tg) +
-                     f" | {', '.join(f'{x:+.3f}' for x in ex) if ex else '-'} |")
+                     f" | {', '.join(f'{x:+.3f}' for x in ex) if ex else '-'} | " +
+                     " / ".join(_f(r.get(f"norm_{k}", (None, None)), ".1f") for k in ("all", "word_embeddings")) + " |")
     lines += ["", "Targets: accuracy levels " + ", ".join(f"{k[4:]}× = {v:g}" for k, v in a["levels"].items()) +
-              " of the baseline's (worst seed's) best accuracy; cells are time to target ÷ baseline.", "",
+              " of the baseline's (worst seed's) best accuracy; cells are time to target ÷ baseline. ‖W‖ / ‖E‖: L2 "
+              "norm of all final weights / of the word embeddings (tied to the MLM decoder); runs of sessions before "
+              "2026-12-06 did not record it.", "",
               "**Crossover** (first eval past 10 % of the budget from which on the arm stays worse than the "
               "baseline; per seed; `-` = never within the budget):", "",
               "| arm | val loss: CPU-s / tokens / passes | val acc: CPU-s / tokens / passes |", "|---|---|---|"]

@@ -81,3 +81,18 @@ def test_seed_sd_is_free_of_clock_drift():
     off = [{"wall_s": 1.0 * s, "step": s, "val_loss": 9.2 - 0.002 * s} for s in steps]
     assert th.seed_sd({0: {"evals": b0}, 1: {"evals": slow}}, 450.0) == 0.0
     assert abs(th.seed_sd({0: {"evals": b0}, 1: {"evals": off}}, 450.0) - 0.2 / 2 ** 0.5) < 1e-9
+
+
+def test_final_norms_by_hand(tmp_path):
+    import torch
+
+    from sift_fast.train.checkpoint import save_checkpoint
+
+    model = {"hf.bert.embeddings.word_embeddings.weight": torch.full((2, 2), 3.0),  # norm 6
+             "hf.bert.encoder.layer.0.attention.self.query.weight": torch.full((1, 4), 2.0),  # norm 4
+             "hf.bert.encoder.layer.0.attention.self.query.bias": torch.full((9,), 1.0),  # norm 3, not a matrix
+             "hf.bert.embeddings.position_ids": torch.arange(4)}  # not floating point: left out
+    save_checkpoint(tmp_path / "run" / "checkpoints", 7, {"step": 7, "engine": {"model": model}}, keep=2)
+    n = th.final_norms(tmp_path / "run")
+    assert n == {"all": (36 + 16 + 9) ** 0.5, "encoder_matrices": 4.0, "word_embeddings": 6.0}
+    assert th.final_norms(tmp_path / "none") is None
