@@ -43,7 +43,7 @@ def test_verdict_by_hand():
     t = [0, 100, 200, 300, 400]
     b0 = _evals([(x, 9.0 - 0.01 * x) for x in t])
     b1 = _evals([(x, 9.2 - 0.01 * x) for x in t])
-    runs = {"baseline": {0: {"evals": b0}, 1: {"evals": b1}},
+    runs = {"baseline": {0: {"evals": b0, "session": "s"}, 1: {"evals": b1, "session": "s"}},
             "default": {0: {"evals": _evals([(x, 9.1 - 0.01 * x) for x in t])},
                         1: {"evals": _evals([(x, 9.2 - 0.01 * x) for x in t])}},
             "entropy": {0: {"evals": _evals([(x, 9.3 - 0.01 * x) for x in t])}}}
@@ -55,7 +55,7 @@ def test_verdict_by_hand():
     assert d["seeds"] == 2 and abs(d["worst_mean_excess"] - 0.05) < 1e-9 and d["within_noise"] is True
     assert abs(d["early_share"]["acc:0.6"] - 0.8) < 1e-9 and abs(d["early_share"]["acc:0.75"] + 1.0) < 1e-9
     assert e["seeds"] == 1 and abs(e["worst_mean_excess"] - 0.3) < 1e-9 and e["within_noise"] is False
-    assert th.seed_sd({0: {"evals": b0}}, 400.0) is None  # one seed: no noise estimate
+    assert th.seed_sd({0: {"evals": b0, "session": "s"}}, 400.0) is None  # one seed: no noise estimate
 
 
 def test_clock_ratio_times_the_same_full_step_in_both_runs():
@@ -72,15 +72,18 @@ def test_clock_ratio_times_the_same_full_step_in_both_runs():
     assert th.clock_ratio(arm[:2], base) is None  # a fixed-keep arm never takes a full step
 
 
-def test_seed_sd_is_free_of_clock_drift():
-    """Two baseline seeds with the same loss per step, one timed 1.4× slower (another session's clock): at equal
-    CPU time they differ, at equal step they do not -> no seed noise; a real 0.2 offset per step is seen."""
+def test_seed_sd_pools_seeds_of_one_session_only():
+    """Seeds 0 / 1 of session A differ by 0.2 (sd 0.1414); seed 2 ran in session B on a 1.4× slower clock and seed
+    3 has no session (an older report's run): neither enters the spread, which needs two seeds in one session."""
     steps = range(0, 500, 50)
-    b0 = [{"wall_s": 1.0 * s, "step": s, "val_loss": 9.0 - 0.002 * s} for s in steps]
-    slow = [{"wall_s": 1.4 * s, "step": s, "val_loss": 9.0 - 0.002 * s} for s in steps]
-    off = [{"wall_s": 1.0 * s, "step": s, "val_loss": 9.2 - 0.002 * s} for s in steps]
-    assert th.seed_sd({0: {"evals": b0}, 1: {"evals": slow}}, 450.0) == 0.0
-    assert abs(th.seed_sd({0: {"evals": b0}, 1: {"evals": off}}, 450.0) - 0.2 / 2 ** 0.5) < 1e-9
+
+    def run(session, offset, clock=1.0):
+        return {"session": session, "evals": [{"wall_s": clock * s, "step": s, "val_loss": 9.0 + offset - 0.002 * s}
+                                              for s in steps]}
+
+    base = {0: run("A", 0.0), 1: run("A", 0.2), 2: run("B", 0.0, 1.4), 3: run(None, 0.5)}
+    assert abs(th.seed_sd(base, 450.0) - 0.2 / 2 ** 0.5) < 1e-9
+    assert th.seed_sd({0: base[0], 2: base[2], 3: base[3]}, 450.0) is None
 
 
 def test_final_norms_by_hand(tmp_path):
