@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from time_to_accuracy import arm_config, base_config, crossing, machine, mean_sd, read_evals, run_one  # noqa: E402
 
+from sift_fast.cli.arms import is_arm  # noqa: E402
 from sift_fast.io import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 PROSE = Path(os.environ.get("SIFT_PROSE_CORPUS", Path.home() / ".cache/sift_fast/prose/debian-docs-prose.txt"))
@@ -69,6 +70,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "wide-decay": {"corpus": str(PROSE), "preset": "proxy-12-wide", "lr_horizon": "budget"},
 }
 ARMS = ("baseline", "default", "default-lr", "entropy", "random", "anneal", "anneal-horizon", "lr", "sample", "noise")
+
+
+def ordered(arms) -> list[str]:
+    """The arms present, in ``ARMS`` order, then the ``until<F>[-lr]`` ones sorted."""
+    return [a for a in ARMS if a in arms] + sorted(a for a in arms if a not in ARMS)
+
+
+def known(arm: str) -> bool:
+    return arm in ARMS or (arm.startswith("until") and is_arm(arm))
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 EARLY, LATE = (0.6, 0.75), (0.9, 0.97)  # accuracy targets: fractions of the baseline's best
 
@@ -321,7 +331,7 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
     group = Path(args.runs) / name
     for d in sorted(group.glob("*_s*")) if group.exists() else []:
         arm, _, sd = d.name.rpartition("_s")
-        if arm not in ARMS or not finished(d, args.budget_s):  # stopped early (SIGTERM) or still running: not quoted
+        if not known(arm) or not finished(d, args.budget_s):  # stopped early (SIGTERM) or still running: not quoted
             continue
         summ = json.loads((d / "summary.json").read_text())
         prev = runs.get(arm, {}).get(int(sd))
@@ -376,7 +386,7 @@ def _f(ms: tuple[float | None, float | None], spec: str = ".3f") -> str:
 
 def render(name: str, rep: dict[str, Any]) -> str:
     a, meta = rep["analysis"], rep["meta"]
-    arms = [x for x in ARMS if x in a["arms"]]
+    arms = ordered(a["arms"])
     lines = [f"# Long-horizon time to accuracy: {name}", "",
              f"Corpus `{meta['corpus']}`, preset `{meta['preset']}`, C = {meta['candidates']}, keep {meta['keep']}, "
              f"budget {meta['budget_s']:g} CPU-s per run (process clock, 1 thread), eval every {meta['eval_every']} "
@@ -428,7 +438,7 @@ def render(name: str, rep: dict[str, Any]) -> str:
                   "| arm | seeds | worst mean excess | within noise | early saving ÷ entropy's: " +
                   " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) +
                   " | clock check |", "|---|---|---|---|---|---|"]
-        for arm in (x for x in ARMS if x in v["arms"]):
+        for arm in ordered(v["arms"]):
             r = v["arms"][arm]
             w = "-" if r["worst_mean_excess"] is None else f"{r['worst_mean_excess']:+.4f}"
             ok = {True: "yes", False: "**no**", None: "-"}[r["within_noise"]]
@@ -447,9 +457,10 @@ def render_plot(name: str, rep: dict[str, Any], path: Path) -> None:
 
     runs = rep["runs"]
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    colors = dict(zip(ARMS, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {a: cycle[i % len(cycle)] for i, a in enumerate(ordered(runs))}
     base = runs.get("baseline", {})
-    for arm in [a for a in ARMS if a in runs]:
+    for arm in ordered(runs):
         for j, (sd, r) in enumerate(sorted(runs[arm].items())):
             ev = r["evals"]
             t = [e["wall_s"] for e in ev]
@@ -514,8 +525,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.jobs = [j for j in args.jobs.split(",") if j.strip()]
     for j in args.jobs:
         parts = j.split(":")
-        if len(parts) != 3 or parts[0] not in CONFIGS or parts[1] not in ARMS or not parts[2].isdigit():
-            p.error(f"bad job {j!r}: CONFIG:ARM:SEED with CONFIG in {', '.join(CONFIGS)}, ARM in {', '.join(ARMS)}")
+        if len(parts) != 3 or parts[0] not in CONFIGS or not known(parts[1]) or not parts[2].isdigit():
+            p.error(f"bad job {j!r}: CONFIG:ARM:SEED with CONFIG in {', '.join(CONFIGS)}, ARM in {', '.join(ARMS)} "
+                    "or until<F>[-lr]")
     return args
 
 

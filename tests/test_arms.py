@@ -22,3 +22,17 @@ def test_default_arm_is_the_trainers_default_and_fixed_arms_pin_their_schedule()
     assert set(ARMS) >= {"baseline", "default", "default-lr", "entropy"}
     with pytest.raises(ConfigError, match="unknown arm"):
         arm_overrides("nope", base)
+
+
+def test_until_arms_are_the_default_with_another_switch_point():
+    from sift_fast.cli.arms import is_arm
+
+    base = build_config({"preset": "proxy-12"})
+    for name, until, scale in (("until0.1", 0.1, "none"), ("until.25-lr", 0.25, "sqrt"), ("until1", 1.0, "none")):
+        c = base.replace(**arm_overrides(name, base))
+        assert (c.sift.selection, c.sift.select_until, c.optim.lr_batch_scale) == ("entropy", until, scale), name
+        assert is_arm(name)
+    for bad in ("until0", "until1.5", "until-0.1", "until0.1-x", "untilx"):
+        assert not is_arm(bad)
+        with pytest.raises(ConfigError, match="unknown arm"):
+            arm_overrides(bad, base)

@@ -10,6 +10,7 @@ them), ``random-free`` does not (only "more, cheaper steps").
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from sift_fast.config import Config, OptimConfig, SiftConfig
@@ -22,9 +23,17 @@ FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "sele
          "select_until": 1.0, "lr_batch_scale": "none"}
 
 
+# ``until<F>`` / ``until<F>-lr``: the default with select_until F (and the sqrt LR batch scale), e.g. until0.1
+UNTIL = re.compile(r"until(0?\.\d+|1)(-lr)?")
+
+
+def is_arm(name: str) -> bool:
+    return name in ARMS or UNTIL.fullmatch(name) is not None
+
+
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
     """Overrides that turn ``base`` into arm ``name``; ``anneal`` reaches keep 1.0 at ``anneal_steps``
-    (default: the base's ``max_steps``)."""
+    (default: the base's ``max_steps``); ``until<F>[-lr]`` is the default selecting until F of the horizon."""
     sift, d = base.sift, SiftConfig()
     default = {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
                "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule, "select_until": d.select_until,
@@ -52,6 +61,8 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
         # entropy with keep raised towards 1 as the gradient noise scale grows (train/noise.py)
         "noise": {"selection": "entropy", **{**FIXED, "adaptive_keep": "noise"}},
     }
+    if (m := UNTIL.fullmatch(name)) and 0.0 < float(m.group(1)) <= 1.0:
+        return {**default, "select_until": float(m.group(1)), "lr_batch_scale": "sqrt" if m.group(2) else "none"}
     if name not in arms:
-        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}")
+        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}, or until<F>[-lr] (F in (0, 1])")
     return arms[name]
