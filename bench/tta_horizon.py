@@ -149,6 +149,7 @@ def run_jobs(args: argparse.Namespace) -> None:
             print(f"== horizon {name}: arm {arm} seed {seed} -> {run}", file=sys.stderr, flush=True)
             (run / "summary.json").unlink(missing_ok=True)  # an extension resumes from the checkpoint
             run_one(cfg, data_cache[name])
+            atomic_write_text(run / "session", session_id() or "")  # the session that finished it
             meta = {"train_sequences": len(data_cache[name].train), "seq_len": base.data.seq_len}
             write_report(name, args, meta)
         finally:
@@ -156,9 +157,9 @@ def run_jobs(args: argparse.Namespace) -> None:
 
 
 # --- analysis ---------------------------------------------------------------------------------------
-def interp(evals: list[dict[str, Any]], key: str, t: float, x: str = "wall_s") -> float | None:
-    """``key`` linearly interpolated at ``x`` = ``t`` (training time by default; None outside the evaluated range)."""
-    pts = [(e[x], e[key]) for e in evals if e[key] == e[key]]
+def interp(evals: list[dict[str, Any]], key: str, t: float) -> float | None:
+    """``key`` linearly interpolated at training time ``t`` (None outside the evaluated range)."""
+    pts = [(e["wall_s"], e[key]) for e in evals if e[key] == e[key]]
     for (t0, v0), (t1, v1) in zip(pts, pts[1:]):
         if t0 <= t <= t1:
             return v0 if t1 == t0 else v0 + (t - t0) / (t1 - t0) * (v1 - v0)
@@ -183,6 +184,13 @@ def crossover(arm: list[dict[str, Any]], base: list[dict[str, Any]], key: str, h
     return {"wall_s": worse_from["wall_s"], "samples": worse_from["samples"], "step": worse_from["step"]}
 
 
+def paired(by_seed: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The baseline runs an arm's seeds are compared with: the same seed, finished in the same session (or both
+    from older reports, whose runs have no session: each of those sessions ran its pairs side by side). The CPU
+    clock changes from session to session by up to 40 %, so a cross-session pair would compare clocks."""
+    return {sd: base[sd] for sd, r in by_seed.items() if sd in base and r.get("session") == base[sd].get("session")}
+
+
 def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dict[str, Any]) -> dict[str, Any]:
     base = runs.get("baseline", {})
     best = [max(e["val_mlm_acc"] for e in r["evals"]) for r in base.values()]
@@ -192,6 +200,7 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
     for arm, by_seed in runs.items():
         row: dict[str, Any] = {"seeds": sorted(by_seed), "equal_time": {}, "targets": {}, "crossover": {},
                                "worst_excess": {}}
+        pb = paired(by_seed, base)  # the baseline seeds this arm is compared with
         row["final_loss"] = mean_sd([r["evals"][-1]["val_loss"] for r in by_seed.values()])
         row["final_acc"] = mean_sd([r["evals"][-1]["val_mlm_acc"] for r in by_seed.values()])
         for key in ("all", "word_embeddings"):
@@ -202,7 +211,7 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
             for key in ("val_loss", "val_mlm_acc"):
                 ratios = []
                 for sd, r in by_seed.items():
-                    a, b = interp(r["evals"], key, f * budget), interp(base.get(sd, {}).get("evals", []), key,
+                    a, b = interp(r["evals"], key, f * budget), interp(pb.get(sd, {}).get("evals", []), key,
                                                                         f * budget)
                     if a is not None and b:
                         ratios.append(a / b)
@@ -211,7 +220,7 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
             ratios = []
             for sd, r in by_seed.items():
                 h = crossing(r["evals"], "val_mlm_acc", lv, True)
-                bh = crossing(base.get(sd, {}).get("evals", []), "val_mlm_acc", lv, True)
+                bh = crossing(pb.get(sd, {}).get("evals", []), "val_mlm_acc", lv, True)
                 if h and bh and bh["wall_s"] > 0:
                     ratios.append(h["wall_s"] / bh["wall_s"])
             row["targets"][name] = {"ratio": mean_sd(ratios), "n": len(ratios), "of": len(by_seed)}
@@ -219,9 +228,9 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
             for key, higher in (("val_loss", False), ("val_mlm_acc", True)):
                 cells = []
                 for sd, r in by_seed.items():
-                    if sd not in base:
+                    if sd not in pb:
                         continue
-                    c = crossover(r["evals"], base[sd]["evals"], key, higher, 0.1 * budget)
+                    c = crossover(r["evals"], pb[sd]["evals"], key, higher, 0.1 * budget)
                     if c is not None:
                         c["tokens"] = c["samples"] * seq
                         c["passes"] = c["samples"] / n_train if n_train else None
@@ -229,12 +238,12 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
                 row["crossover"][key] = cells
             excess = []
             for sd, r in by_seed.items():
-                if sd in base:
+                if sd in pb:
                     diffs = [e["val_loss"] - b for e in r["evals"] if e["wall_s"] >= 0.1 * budget
-                             and (b := interp(base[sd]["evals"], "val_loss", e["wall_s"])) is not None]
+                             and (b := interp(pb[sd]["evals"], "val_loss", e["wall_s"])) is not None]
                     excess.append(max(diffs) if diffs else None)
             row["worst_excess"]["val_loss"] = excess
-            row["clock_ratio"] = [clock_ratio(r["evals"], base[sd]["evals"]) if sd in base else None
+            row["clock_ratio"] = [clock_ratio(r["evals"], pb[sd]["evals"]) if sd in pb else None
                                   for sd, r in by_seed.items()]
         out["arms"][arm] = row
     return out
@@ -299,7 +308,7 @@ def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budge
     for arm, by_seed in runs.items():
         if arm == "baseline" or not by_seed:
             continue
-        seeds = [s for s in by_seed if s in base]
+        seeds = list(paired(by_seed, base))
         worst = None
         for e in by_seed[seeds[0]]["evals"] if seeds else []:
             if e["wall_s"] < 0.1 * budget:
@@ -338,16 +347,24 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
         if prev is None or summ["train_time_s"] >= prev["summary"]["train_time_s"]:
             runs.setdefault(arm, {})[int(sd)] = {"summary": summ, "evals": read_evals(d),
                                                  "adaptive": _adaptive_trace(d), "norms": final_norms(d),
-                                                 "session": session_id()}
+                                                 "session": _read_session(d)}
     return runs, old.get("meta", {})
 
 
-def session_id() -> str:
+def session_id() -> str | None:
     """This machine's boot id: one per session (each session runs on a freshly started machine)."""
     try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8] or None
     except OSError:
-        return "unknown"
+        return None
+
+
+def _read_session(run: Path) -> str | None:
+    """The session that finished a run, written beside it (None: unknown)."""
+    try:
+        return (run / "session").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def final_norms(run: Path) -> dict[str, float] | None:
@@ -433,8 +450,9 @@ def render(name: str, rep: dict[str, Any]) -> str:
                    "(no two baseline seeds ran in one session: no noise estimate, so the test is excess ≤ 0)") +
                   "; the share of the entropy arm's time saving to the early targets kept; and the clock check "
                   "(an arm that switches to the plain step times the same step as the baseline: its s/step there ÷ "
-                  "the baseline's over the same CPU-time window, per seed; > 1 means its run's clock ran slow, "
-                  "which penalises its curve):", "",
+                  "the baseline's over the same CPU-time window, per seed; > 1: its run's clock ran slower than the "
+                  "baseline's, which penalises its curve; two runs of one session differ by up to ±7 % on their "
+                  "own). Arms are compared with the baseline seed of the same session only:", "",
                   "| arm | seeds | worst mean excess | within noise | early saving ÷ entropy's: " +
                   " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) +
                   " | clock check |", "|---|---|---|---|---|---|"]

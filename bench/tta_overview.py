@@ -72,7 +72,7 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
              "baseline's (CPU-s / passes over the training split; `-` = never); never loses = the worst seed-mean "
              "excess of val loss past 10 % of the budget within the baseline's seed sd (`verdict` of each report); "
              "clock = a switched arm's s/step on its plain steps ÷ the baseline's on the same step and CPU-time "
-             "window, per seed (> 1: its clock ran slow, its curve is penalised).",
+             "window, per seed (> 1: its clock ran slower than the baseline's; ±7 % is the clock's own noise).",
              "", "| config | arm | seeds | @25% | @50% | @75% | @100% | loss crossover | acc crossover | worst excess "
              "| never loses | clock |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(results.glob("tta_horizon_*.json")):

@@ -128,6 +128,12 @@ def mcore_bert_exit_scores(
                             backend=backend, seq_ids_sorted=True)
 
 
+def _megatron_owns_the_lr(rule: str) -> None:
+    if rule != "none":
+        raise ConfigError(f"lr_batch_scale {rule} is not supported by the Megatron drop-in (Megatron owns the "
+                          "optimizer and its LR schedule); use lr_batch_scale none")
+
+
 def _as_sift_config(cfg: Config | SiftConfig | Mapping[str, Any] | str | Path | None) -> tuple[SiftConfig, int]:
     """The SIFT section and seed of ``cfg``. A mapping or file is validated section by section: its exit
     layer is checked against the wrapped model's depth at the first call, not against a preset's."""
@@ -135,8 +141,10 @@ def _as_sift_config(cfg: Config | SiftConfig | Mapping[str, Any] | str | Path | 
         cfg = load_config_file(cfg)
     if cfg is None or isinstance(cfg, Mapping):
         _, sections = build_sections(dict(cfg or {}))
+        _megatron_owns_the_lr(sections["optim"].lr_batch_scale)
         return sections["sift"], sections["train"].seed
     if isinstance(cfg, Config):
+        _megatron_owns_the_lr(cfg.optim.lr_batch_scale)
         return cfg.sift, cfg.train.seed
     if isinstance(cfg, SiftConfig):
         return cfg, 0

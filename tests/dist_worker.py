@@ -31,7 +31,7 @@ CASES = {  # name: (selection, scope, extra config)
     "none": ("none", "local", {}),
     "loss_local": ("loss", "local", {}),
     "loss_global": ("loss", "global", {}),
-    "entropy_local": ("entropy", "local", {}),
+    "entropy_local": ("entropy", "local", {"lr_batch_scale": "sqrt"}),  # the scaled update under ZeRO too
     "lamb": ("loss", "global", {"optimizer": "lamb"}),  # ZeRO stage 0 only
 }
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sift_fast.cli.arms import ARMS, arm_overrides
+from sift_fast.cli.arms import arm_overrides
 from sift_fast.config import build_config
 from sift_fast.errors import ConfigError
 
@@ -19,7 +19,6 @@ def test_default_arm_is_the_trainers_default_and_fixed_arms_pin_their_schedule()
         c = base.replace(**arm_overrides(arm, base))
         assert (c.sift.select_until, c.optim.lr_batch_scale, c.sift.anneal_horizon) == (1.0, "none", 0.0), arm
     assert base.replace(**arm_overrides("lr", base)).optim.lr == pytest.approx(plain.optim.lr * 0.5 ** 0.5)
-    assert set(ARMS) >= {"baseline", "default", "default-lr", "entropy"}
     with pytest.raises(ConfigError, match="unknown arm"):
         arm_overrides("nope", base)
 
@@ -32,7 +31,7 @@ def test_until_arms_are_the_default_with_another_switch_point():
         c = base.replace(**arm_overrides(name, base))
         assert (c.sift.selection, c.sift.select_until, c.optim.lr_batch_scale) == ("entropy", until, scale), name
         assert is_arm(name)
-    for bad in ("until0", "until1.5", "until-0.1", "until0.1-x", "untilx"):
+    for bad in ("until0", "until0.0", "until.00", "until1.5", "until-0.1", "until0.1-x", "untilx"):
         assert not is_arm(bad)
         with pytest.raises(ConfigError, match="unknown arm"):
             arm_overrides(bad, base)

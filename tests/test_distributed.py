@@ -266,7 +266,8 @@ def reference(small_corpus, tmp_path, selection: str, scope: str, extra: dict):
 
 
 CASES = {"none": ("none", "local", {}), "loss_local": ("loss", "local", {}), "loss_global": ("loss", "global", {}),
-         "entropy_local": ("entropy", "local", {}), "lamb": ("loss", "global", {"optimizer": "lamb"})}
+         "entropy_local": ("entropy", "local", {"lr_batch_scale": "sqrt"}),
+         "lamb": ("loss", "global", {"optimizer": "lamb"})}
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ import torch
 
 pytest.importorskip("megatron.core", reason="megatron-core is a dev dependency (pip install -e .[dev])")
 
+from sift_fast.config import build_config  # noqa: E402
 from sift_fast.errors import ConfigError  # noqa: E402
 from sift_fast.megatron import mcore_bert_exit_scores, sift_forward_step  # noqa: E402
 
@@ -235,9 +236,11 @@ def test_wrapped_forward_step_modes_and_errors(mcore_model, tmp_path):
         mcore_model.train()
     assert seen[-1]["text"].shape[0] == C and fs.step == 1
     for bad, msg in (({"score_tokens": 4}, "score_tokens"), ({"selection_scope": "global"}, "global"),
-                     ({"exit_layer": "auto"}, "auto")):
+                     ({"exit_layer": "auto"}, "auto"), ({"lr_batch_scale": "sqrt"}, "Megatron owns the optimizer")):
         with pytest.raises(ConfigError, match=msg):
             sift_forward_step(lambda it, m: next(it), {**base, **bad})
+    with pytest.raises(ConfigError, match="Megatron owns the optimizer"):  # a whole Config: its optim section too
+        sift_forward_step(lambda it, m: next(it), build_config({"lr_batch_scale": "linear"}))
     fs = sift_forward_step(_megatron_style_forward_step(seen), {**base, "selection": "random", "keep": 0.25})
     fs(iter([_batch(4)]), mcore_model)
     assert fs.stats["mode"] == "uniform" and fs.stats["scores"] is None and seen[-1]["text"].shape[0] == 2

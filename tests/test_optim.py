@@ -153,40 +153,42 @@ def test_select_until_in_the_loop(micro_cfg, tmp_path, monkeypatch, budget, over
     assert len(selecting) in (len(calls), len(calls) - 1) and len(selecting) == (4 if budget else 3)
 
 
-@pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("linear", 1.0)])
+@pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("linear", 1.0), ("none", 0.0)])
 def test_lr_batch_scale_in_the_loop(micro_cfg, tmp_path, rule, power):
-    """lr_batch_scale: the LR of a selection step is the schedule's × (b / C)^p, a plain step's is the schedule's.
-    By steps (10, no warmup, linear decay) the LR the loop logs after step r is the one set for step r + 1:
-    lr·(1 - r/10)·s, with s the scale of step r (it selects while (r - 1) / 10 < 0.3, select_until's default),
-    one step late, as the clock-driven decay."""
-    cfg, steps = _fake_clock_run(micro_cfg, tmp_path, False, 10, lr_batch_scale=rule)
+    """lr_batch_scale: the update of a selection step uses the schedule's LR × (b / C)^p, a plain step's the
+    schedule's own. By steps (10, no warmup, linear decay) update i (0-based) uses lr·(1 - i/10)·s_i, and
+    step i selects while i / 10 < 0.3 (select_until's default): the LR each optimizer.step() call saw."""
+    cfg = micro_cfg(lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0, max_steps=10,
+                    lr_batch_scale=rule, out=str(tmp_path / "run"))
+    tr = Trainer(cfg)
+    used, real = [], tr.engine.optimizer.step
+    tr.engine.optimizer.step = lambda *a, **k: used.append(tr.engine.optimizer.param_groups[0]["lr"]) or real(*a, **k)
+    tr.run()
     c, b, lr = cfg.sift.candidates, cfg.sift.backprop_size, cfg.optim.lr
-    assert len(steps) == 10 and b < c
-    for r in steps:
-        n = r["step"]
-        scale = (b / c) ** power if (n - 1) / 10 < 0.3 else 1.0
-        assert r["kept"] == (b if scale < 1 else c)
-        assert r["lr"] == pytest.approx(lr * (1 - n / 10) * scale, rel=1e-12, abs=1e-15), n
-    _, plain = _fake_clock_run(micro_cfg, tmp_path / "none", False, 10)
-    assert [r["lr"] for r in plain] == pytest.approx([lr * (1 - r["step"] / 10) for r in plain])
+    assert b < c and len(used) == 10
+    want = [lr * (1 - i / 10) * ((b / c) ** power if i / 10 < 0.3 else 1.0) for i in range(10)]
+    assert used == pytest.approx(want, rel=1e-12, abs=1e-15)
+    kept = [r["kept"] for x in (tr.out / "metrics.jsonl").read_text().splitlines()
+            if (r := json.loads(x))["type"] == "step"]
+    assert kept == [b] * 3 + [c] * 7
 
 
 def test_lr_batch_scale_by_hand():
-    from sift_fast.train.optim import batch_scale
+    from sift_fast.train.optim import batch_scale, scale_step_lr
 
-    assert batch_scale(16, 32, "sqrt") == pytest.approx(2 ** -0.5) and batch_scale(8, 32, "linear") == 0.25
-    assert batch_scale(32, 32, "sqrt") == 1.0 and batch_scale(5, 32, "none") == 1.0
+    assert batch_scale(0.5, "sqrt") == pytest.approx(2 ** -0.5) and batch_scale(0.25, "linear") == 0.25
+    assert batch_scale(1.0, "sqrt") == 1.0 and batch_scale(0.1, "none") == 1.0
     w = torch.nn.Parameter(torch.zeros(2))
     opt = torch.optim.SGD([w], lr=2.0)
     prog = LrProgress()
-    sched = build_scheduler(opt, OptimConfig(lr=2.0, lr_warmup_steps=0, lr_decay="constant", lr_batch_scale="sqrt",
-                                             lr_horizon="steps"), max_steps=10, progress=prog)
-    prog.batch_scale = 0.25
+    sched = build_scheduler(opt, OptimConfig(lr=2.0, lr_warmup_steps=0, lr_decay="constant"), max_steps=10,
+                            progress=prog)
+    prog.kept_fraction = 0.25
+    scale_step_lr(opt, prog, "sqrt")
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)  # this update only
     opt.step()
     sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)
-    with pytest.raises(ValueError, match="LrProgress"):
-        build_scheduler(opt, OptimConfig(lr_batch_scale="sqrt", lr_horizon="steps"), max_steps=10)
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0)  # the schedule's again, nothing carried over
     with pytest.raises(ConfigError, match="lr_batch_scale"):
         OptimConfig(lr_batch_scale="cubic")
 

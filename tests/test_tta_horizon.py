@@ -44,9 +44,10 @@ def test_verdict_by_hand():
     b0 = _evals([(x, 9.0 - 0.01 * x) for x in t])
     b1 = _evals([(x, 9.2 - 0.01 * x) for x in t])
     runs = {"baseline": {0: {"evals": b0, "session": "s"}, 1: {"evals": b1, "session": "s"}},
-            "default": {0: {"evals": _evals([(x, 9.1 - 0.01 * x) for x in t])},
-                        1: {"evals": _evals([(x, 9.2 - 0.01 * x) for x in t])}},
-            "entropy": {0: {"evals": _evals([(x, 9.3 - 0.01 * x) for x in t])}}}
+            "default": {0: {"evals": _evals([(x, 9.1 - 0.01 * x) for x in t]), "session": "s"},
+                        1: {"evals": _evals([(x, 9.2 - 0.01 * x) for x in t]), "session": "s"}},
+            "entropy": {0: {"evals": _evals([(x, 9.3 - 0.01 * x) for x in t]), "session": "s"},
+                        1: {"evals": _evals([(x, 0.0 * x) for x in t]), "session": "other"}}}  # not side by side
     assert abs(th.seed_sd(runs["baseline"], 400.0) - 0.2 / 2 ** 0.5) < 1e-9
     a = {"arms": {"default": {"targets": {"acc:0.6": {"ratio": (0.6, None)}, "acc:0.75": {"ratio": (1.1, None)}}},
                   "entropy": {"targets": {"acc:0.6": {"ratio": (0.5, None)}, "acc:0.75": {"ratio": (0.9, None)}}}}}
@@ -55,6 +56,7 @@ def test_verdict_by_hand():
     assert d["seeds"] == 2 and abs(d["worst_mean_excess"] - 0.05) < 1e-9 and d["within_noise"] is True
     assert abs(d["early_share"]["acc:0.6"] - 0.8) < 1e-9 and abs(d["early_share"]["acc:0.75"] + 1.0) < 1e-9
     assert e["seeds"] == 1 and abs(e["worst_mean_excess"] - 0.3) < 1e-9 and e["within_noise"] is False
+    assert list(th.paired(runs["entropy"], runs["baseline"])) == [0]  # seed 1 ran in another session
     assert th.seed_sd({0: {"evals": b0, "session": "s"}}, 400.0) is None  # one seed: no noise estimate
 
 
@@ -84,6 +86,9 @@ def test_seed_sd_pools_seeds_of_one_session_only():
     base = {0: run("A", 0.0), 1: run("A", 0.2), 2: run("B", 0.0, 1.4), 3: run(None, 0.5)}
     assert abs(th.seed_sd(base, 450.0) - 0.2 / 2 ** 0.5) < 1e-9
     assert th.seed_sd({0: base[0], 2: base[2], 3: base[3]}, 450.0) is None
+    # two sessions with two seeds each: their per-eval sds (0.1414 and 0.2828, 9 evals each) pooled, upper median
+    pooled = {**base, 4: run("C", 0.0, 1.4), 5: run("C", 0.4, 1.4)}
+    assert abs(th.seed_sd(pooled, 450.0) - 0.4 / 2 ** 0.5) < 1e-9
 
 
 def test_final_norms_by_hand(tmp_path):

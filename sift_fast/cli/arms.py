@@ -28,7 +28,8 @@ UNTIL = re.compile(r"until(0?\.\d+|1)(-lr)?")
 
 
 def is_arm(name: str) -> bool:
-    return name in ARMS or UNTIL.fullmatch(name) is not None
+    m = UNTIL.fullmatch(name)
+    return name in ARMS or (m is not None and 0.0 < float(m.group(1)) <= 1.0)
 
 
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
@@ -61,7 +62,8 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
         # entropy with keep raised towards 1 as the gradient noise scale grows (train/noise.py)
         "noise": {"selection": "entropy", **{**FIXED, "adaptive_keep": "noise"}},
     }
-    if (m := UNTIL.fullmatch(name)) and 0.0 < float(m.group(1)) <= 1.0:
+    if name not in ARMS and is_arm(name):
+        m = UNTIL.fullmatch(name)
         return {**default, "select_until": float(m.group(1)), "lr_batch_scale": "sqrt" if m.group(2) else "none"}
     if name not in arms:
         raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}, or until<F>[-lr] (F in (0, 1])")

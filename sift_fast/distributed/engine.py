@@ -45,7 +45,7 @@ from sift_fast.io import atomic_torch_save, atomic_write_json, atomic_write_text
 from sift_fast.models.hf import MLMEncoder, MLMOutput
 from sift_fast.train.checkpoint import CheckpointError, load_checkpoint, safe_load, sha256_file
 from sift_fast.train.engine import zero_stage
-from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler, param_groups
+from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler, param_groups, scale_step_lr
 
 _TAG_PREFIX = "step_"
 
@@ -186,6 +186,7 @@ class DeepSpeedEngine:
         self.ds.backward(loss)
 
     def step(self) -> None:
+        scale_step_lr(self.ds.optimizer, self.lr_progress, self.cfg.optim.lr_batch_scale)
         self.ds.step()
         self.backprop_samples += self._last_rows * self.world_size  # every rank backprops the same count
         self.ds.global_samples = self.backprop_samples

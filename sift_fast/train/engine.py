@@ -16,7 +16,7 @@ import torch
 from sift_fast.config import Config
 from sift_fast.models.hf import MLMEncoder, MLMOutput
 from sift_fast.train.checkpoint import load_newest, save_checkpoint
-from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler
+from sift_fast.train.optim import LrProgress, build_optimizer, build_scheduler, scale_step_lr
 
 
 class Engine(Protocol):
@@ -26,7 +26,7 @@ class Engine(Protocol):
     world_size: int
     zero_stage: int  # DeepSpeed ZeRO stage; 0 for plain PyTorch
     last_grad_norm: Any  # total gradient norm of the last update (before clipping), None when not measured
-    lr_progress: LrProgress  # spent fraction of the time budget, set by the loop (optim.lr_horizon=budget)
+    lr_progress: LrProgress  # time-budget fraction (lr_horizon=budget) and kept fraction (lr_batch_scale)
 
     def autocast(self) -> contextlib.AbstractContextManager: ...
     def scoring_context(self, exit_layer: int) -> contextlib.AbstractContextManager:
@@ -111,6 +111,7 @@ class TorchEngine:
             self.last_grad_norm = norm
         ok = torch.isfinite(norm)
         self.last_update_ok = ok
+        scale_step_lr(self.optimizer, self.lr_progress, self.cfg.optim.lr_batch_scale)
         fused = self.device.type == "cuda" and isinstance(self.optimizer, torch.optim.AdamW)
         if fused:
             self.optimizer.found_inf = (~ok).to(torch.float32)

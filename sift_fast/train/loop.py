@@ -40,7 +40,7 @@ from sift_fast.train.checkpoint import rng_state, set_rng_state
 from sift_fast.train.engine import TorchEngine
 from sift_fast.train.evaluate import evaluate
 from sift_fast.train.metrics import Console, MetricsWriter, TensorBoardSink, TimeToTarget, format_step_line
-from sift_fast.train.optim import batch_scale, horizon_progress
+from sift_fast.train.optim import horizon_progress
 from sift_fast.train.overlap import build_overlap, overlap_strategy, resolve_pending
 from sift_fast.train.step import StepResult, sift_step
 
@@ -301,7 +301,7 @@ class Trainer:
 
     # --- the loop ---------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        tc, oc = self.cfg.train, self.cfg.optim
+        tc = self.cfg.train
         if tc.resume:
             self.maybe_resume()
         else:
@@ -338,9 +338,6 @@ class Trainer:
                     self.selector.progress = horizon_progress(
                         self.step / tc.max_steps, self.engine.lr_progress.value if self._clock_lr() else None,
                         self.cfg.optim.lr_horizon)
-                if oc.lr_batch_scale != "none":  # the LR follows this step's backprop batch
-                    self.engine.lr_progress.batch_scale = batch_scale(
-                        self.selector.plan(self.step).keep_count, self.cfg.sift.candidates, oc.lr_batch_scale)
                 t0 = self.clock()
                 res = self.train_step()
                 if self.device.type == "cuda" and (self.step + 1) % tc.log_every == 0:

@@ -76,23 +76,31 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
 
 
 class LrProgress:
-    """Set by the training loop before each step: ``value``, the fraction of the time budget spent
-    (``lr_horizon`` auto/budget; stays 0 in a run without a time budget), and ``batch_scale``, the LR
-    multiplier of the step's backprop batch (``lr_batch_scale``; 1 for a full batch). The scheduler reads
-    both when it sets the next step's LR, so, like the clock-driven decay, a change takes effect one step
-    later."""
+    """Set by the training loop: ``value``, the fraction of the time budget spent, before each step
+    (``lr_horizon`` auto/budget; stays 0 in a run without a time budget; the scheduler reads it when it sets
+    the next step's LR), and ``kept_fraction``, the step's backprop size ÷ candidates, before its update
+    (``lr_batch_scale``: :func:`scale_step_lr` scales that very update)."""
 
     def __init__(self) -> None:
         self.value = 0.0
-        self.batch_scale = 1.0
+        self.kept_fraction = 1.0
 
 
 BATCH_SCALE_POWER = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 
 
-def batch_scale(kept: int, candidates: int, rule: str) -> float:
-    """LR multiplier of a step that backprops ``kept`` of ``candidates`` sequences (``optim.lr_batch_scale``)."""
-    return (kept / candidates) ** BATCH_SCALE_POWER[rule] if candidates else 1.0
+def batch_scale(kept_fraction: float, rule: str) -> float:
+    """LR multiplier of a step that backprops ``kept_fraction`` of its candidates (``optim.lr_batch_scale``)."""
+    return kept_fraction ** BATCH_SCALE_POWER[rule]
+
+
+def scale_step_lr(optimizer: torch.optim.Optimizer, progress: LrProgress, rule: str) -> None:
+    """Multiply this update's LR by the batch scale; the scheduler's next ``step()`` sets the schedule's LR again
+    (LambdaLR writes base LR × factor), so the scale touches this update only and nothing is saved with it."""
+    s = batch_scale(progress.kept_fraction, rule)
+    if s != 1.0:
+        for group in optimizer.param_groups:
+            group["lr"] *= s
 
 
 def horizon_progress(by_steps: float, clock: float | None, horizon: str) -> float:
@@ -127,13 +135,9 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int, progress: float | Non
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, max_steps: int,
                     progress: LrProgress | None = None):
-    """LambdaLR over :func:`lr_factor`; ``progress`` (the loop's time fraction) enters unless lr_horizon=steps,
-    its batch scale unless lr_batch_scale=none."""
-    if (cfg.lr_horizon != "steps" or cfg.lr_batch_scale != "none") and progress is None:
-        raise ValueError(f"lr_horizon={cfg.lr_horizon} and lr_batch_scale={cfg.lr_batch_scale} need the loop's "
-                         "LrProgress")
-    clock = progress if cfg.lr_horizon != "steps" else None
-    scaled = progress if cfg.lr_batch_scale != "none" else None
+    """LambdaLR over :func:`lr_factor`; ``progress`` (the loop's time fraction) enters unless lr_horizon=steps."""
+    if cfg.lr_horizon != "steps" and progress is None:
+        raise ValueError(f"lr_horizon={cfg.lr_horizon} needs the loop's LrProgress")
+    p = progress if cfg.lr_horizon != "steps" else None
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg, max_steps, None if clock is None else clock.value)
-        * (1.0 if scaled is None else scaled.batch_scale))
+        optimizer, lambda s: lr_factor(s, cfg, max_steps, None if p is None else p.value))

@@ -89,6 +89,7 @@ def sift_step(
             engine.backward(out.loss)
     if after_backward is not None:
         after_backward()
+    engine.lr_progress.kept_fraction = sel.kept.numel() / sel.batch.size  # for optim.lr_batch_scale
     with timer.phase("optimizer"):
         engine.step()
     return StepResult(
