@@ -19,9 +19,12 @@ entropy arm's step count); ``anneal-horizon`` (keep → 1 as the run's horizon r
 the peak LR × √keep, Adam's square-root rule for the smaller backprop batch); ``sample``
 (importance-sampled selection, unbiased reweighting); ``noise`` (entropy with keep raised towards 1 as the
 gradient noise scale grows, ``sift_fast/train/noise.py``).
-``default`` is exactly what ``sift-pretrain`` does with no selection flag: the ``entropy`` arm for the first
-``select_until`` = 30 % of the run's horizon (the LR decay's), then plain full-batch steps with no scoring
-pass. ``entropy`` and the other fixed-keep arms pin ``select_until`` to 1 (select to the end).
+``until<F>`` is the trainer's default schedule with ``select_until`` F: the ``entropy`` arm for the first
+fraction F of the run's horizon (the LR decay's), then plain full-batch steps with no scoring pass;
+``until<F>-lr`` also scales a selection step's LR by √(kept/candidates) (``--lr-batch-scale sqrt``). A job
+of arm ``default`` runs as the default's own ``until<F>`` name (``until0.1`` today: what ``sift-pretrain``
+does with no selection flag), so a report never mixes two defaults. ``entropy`` and the other fixed-keep
+arms pin ``select_until`` to 1 (select to the end).
 
 Reported per configuration and arm (``bench/results/tta_horizon_<config>.{md,json,png}``): val loss and
 accuracy ÷ baseline at equal CPU time at 25/50/75/100 % of the budget, the crossover (the first eval
@@ -54,7 +57,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from time_to_accuracy import arm_config, base_config, crossing, machine, mean_sd, read_evals, run_one  # noqa: E402
 
-from sift_fast.cli.arms import is_arm  # noqa: E402
+from sift_fast.cli.arms import default_name, is_arm  # noqa: E402
 from sift_fast.io import atomic_savefig, atomic_write_json, atomic_write_text  # noqa: E402
 
 PROSE = Path(os.environ.get("SIFT_PROSE_CORPUS", Path.home() / ".cache/sift_fast/prose/debian-docs-prose.txt"))
@@ -69,7 +72,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "single-pass-decay": {"corpus": str(PROSE), "preset": "proxy-12", "lr_horizon": "budget"},
     "wide-decay": {"corpus": str(PROSE), "preset": "proxy-12-wide", "lr_horizon": "budget"},
 }
-ARMS = ("baseline", "default", "default-lr", "entropy", "random", "anneal", "anneal-horizon", "lr", "sample", "noise")
+ARMS = ("baseline", "entropy", "random", "anneal", "anneal-horizon", "lr", "sample", "noise")
 
 
 def ordered(arms) -> list[str]:
@@ -408,7 +411,9 @@ def render(name: str, rep: dict[str, Any]) -> str:
              f"Corpus `{meta['corpus']}`, preset `{meta['preset']}`, C = {meta['candidates']}, keep {meta['keep']}, "
              f"budget {meta['budget_s']:g} CPU-s per run (process clock, 1 thread), eval every {meta['eval_every']} "
              f"steps; train split {meta.get('train_sequences', '?')} sequences of {meta.get('seq_len', 128)}. "
-             f"Machine: {meta['machine']}. Ratios are arm ÷ baseline of the same seed; mean ± sd over seeds.", "",
+             f"Machine: {meta['machine']}. Ratios are arm ÷ baseline of the same seed; mean ± sd over seeds. "
+             f"The trainer's default SIFT is `{default_name()}` (`until<F>`: entropy selection for the first F of "
+             "the horizon, then plain steps; `-lr`: selection steps' LR × √keep).", "",
              "| arm | seeds | s/step | final val loss | final acc | " +
              " | ".join(f"loss@{int(f * 100)}%" for f in FRACTIONS) + " | " +
              " | ".join(f"acc {k[4:]}×best" for k in a["levels"]) + " | worst loss excess past 10% | final ‖W‖ / ‖E‖ |",
@@ -540,7 +545,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    args.jobs = [j for j in args.jobs.split(",") if j.strip()]
+    # a job of arm "default" runs under the default's explicit name (until<F>[-lr]): results stay right when it changes
+    args.jobs = [j.replace(":default:", f":{default_name()}:") for j in args.jobs.split(",") if j.strip()]
     for j in args.jobs:
         parts = j.split(":")
         if len(parts) != 3 or parts[0] not in CONFIGS or not known(parts[1]) or not parts[2].isdigit():

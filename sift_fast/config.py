@@ -118,7 +118,7 @@ class SiftConfig:
     anneal_until: int = opt(0, "linearly anneal keep to 1.0 by this step; 0 = off")
     anneal_horizon: float = opt(0.0, "linearly anneal keep to 1.0 by this fraction of the run's horizon (the "
                                 "progress the LR decay follows, --lr-horizon: steps and/or time budget); 0 = off")
-    select_until: float = opt(0.3, "select while this fraction of the run's horizon (the progress the LR decay "
+    select_until: float = opt(0.1, "select while this fraction of the run's horizon (the progress the LR decay "
                               "follows, --lr-horizon) is unspent, then plain full-batch steps with no scoring "
                               "pass; 1 = select to the end (the paper's fixed SIFT)")
     interrupt_every: int = opt(0, "every n-th step uses a uniform sample; 0 = off")

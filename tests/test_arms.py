@@ -13,8 +13,10 @@ def test_default_arm_is_the_trainers_default_and_fixed_arms_pin_their_schedule()
     base = plain.replace(select_until=0.7, lr_batch_scale="linear", anneal_horizon=0.5, selection="loss")
     default = base.replace(**arm_overrides("default", base))
     assert (default.sift, default.optim) == (plain.sift, plain.optim)
-    lr = base.replace(**arm_overrides("default-lr", base))
-    assert lr.optim.lr_batch_scale == "sqrt" and lr.sift == plain.sift
+    from sift_fast.cli.arms import default_name
+
+    named = base.replace(**arm_overrides(default_name(), base))  # the default by its explicit name
+    assert (named.sift, named.optim) == (plain.sift, plain.optim) and default_name() == "until0.1"
     for arm in ("entropy", "random", "lr", "sample", "noise"):
         c = base.replace(**arm_overrides(arm, base))
         assert (c.sift.select_until, c.optim.lr_batch_scale, c.sift.anneal_horizon) == (1.0, "none", 0.0), arm

@@ -370,9 +370,9 @@ def test_cli_under_torchrun_bf16_zero2_global(small_corpus, tmp_path):
     steps = [r for r in steps if r["type"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3, 4]  # one writer: rank 0
     assert all(r["candidates"] == 8 * WORLD for r in steps)
-    # the default select_until 0.3 of 4 steps: steps 1, 2 select (global top-k), 3, 4 train on every candidate
-    assert [(r["mode"], r["kept"]) for r in steps] == [("score", 4 * WORLD)] * 2 + [("all", 8 * WORLD)] * 2
+    # the default select_until 0.1 of 4 steps: step 1 selects (global top-k), 2-4 train on every candidate
+    assert [(r["mode"], r["kept"]) for r in steps] == [("score", 4 * WORLD)] + [("all", 8 * WORLD)] * 3
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["samples"] == 4 * 8 * WORLD and summary["backprop_samples"] == (2 * 4 + 2 * 8) * WORLD
+    assert summary["samples"] == 4 * 8 * WORLD and summary["backprop_samples"] == (4 + 3 * 8) * WORLD
     assert proc.stderr.count("done: 4 steps") == 1  # the summary line comes from rank 0 only
     assert (out / "checkpoints" / "latest").read_text() == "step_00000004"

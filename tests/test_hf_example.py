@@ -63,9 +63,9 @@ def test_example_runs_end_to_end(script, inputs, tmp_path):
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     logs = [h for h in state["log_history"] if "loss" in h]
     assert [h["step"] for h in logs] == [2, 4]
-    # the default select_until 0.3 of max_steps 4: steps 0, 1 keep 4 of 8, steps 2, 3 (past 0.3) all 8
-    assert logs[0]["sift/backprop_samples"] == 2 * 4 and logs[0]["sift/kept_fraction"] == 0.5
-    assert logs[-1]["sift/backprop_samples"] == 2 * 4 + 2 * 8 and logs[-1]["sift/kept_fraction"] == 1.0
+    # the default select_until 0.1 of max_steps 4: step 0 keeps 4 of 8, steps 1-3 (past 0.1) all 8
+    assert logs[0]["sift/backprop_samples"] == 4 + 8 and logs[0]["sift/kept_fraction"] == 0.75
+    assert logs[-1]["sift/backprop_samples"] == 4 + 3 * 8 and logs[-1]["sift/kept_fraction"] == 1.0
     assert json.loads((tmp_path / "out" / "eval_results.json").read_text())["eval_loss"] > 0
     model = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "out")
     assert type(model).__name__ == "BertForMaskedLM" and model.config.num_hidden_layers == 2

@@ -130,7 +130,7 @@ def test_anneal_horizon_in_the_loop(micro_cfg, tmp_path, budget):
 
 @pytest.mark.parametrize("budget,overlap", [(True, "off"), (True, "sequential-stale"), (False, "off")])
 def test_select_until_in_the_loop(micro_cfg, tmp_path, monkeypatch, budget, overlap):
-    """The default schedule: step r selects (scores, keeps b) while p = the horizon spent before it is < 0.3
+    """The default schedule: step r selects (scores, keeps b) while p = the horizon spent before it is < 0.1
     and trains on all C candidates with no scoring pass from then on; p = (r - 1) / 12 under a 3 s budget
     at 0.25 s a step, (r - 1) / 10 by steps. The scoring passes are counted (the stale overlap scores the
     next batch one step ahead: at most one wasted pass at the switch)."""
@@ -142,24 +142,24 @@ def test_select_until_in_the_loop(micro_cfg, tmp_path, monkeypatch, budget, over
         real = mod.compute_scores
         monkeypatch.setattr(mod, "compute_scores", lambda *a, _real=real, **k: calls.append(1) or _real(*a, **k))
     cfg, steps = _fake_clock_run(micro_cfg, tmp_path, budget, 10, overlap=overlap)
-    assert cfg.sift.select_until == 0.3  # the default
+    assert cfg.sift.select_until == 0.1  # the default
     c, b = cfg.sift.candidates, cfg.sift.backprop_size
     n = 12 if budget else 10
     assert len(steps) == n and b < c
-    selecting = [r["step"] for r in steps if (r["step"] - 1) / n < 0.3]
+    selecting = [r["step"] for r in steps if (r["step"] - 1) / n < 0.1]
     for r in steps:
         sel = r["step"] in selecting
         assert (r["mode"], r["kept"]) == (("score", b) if sel else ("all", c)), r["step"]
-    assert len(selecting) in (len(calls), len(calls) - 1) and len(selecting) == (4 if budget else 3)
+    assert len(selecting) in (len(calls), len(calls) - 1) and len(selecting) == (2 if budget else 1)
 
 
 @pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("linear", 1.0), ("none", 0.0)])
 def test_lr_batch_scale_in_the_loop(micro_cfg, tmp_path, rule, power):
     """lr_batch_scale: the update of a selection step uses the schedule's LR × (b / C)^p, a plain step's the
     schedule's own. By steps (10, no warmup, linear decay) update i (0-based) uses lr·(1 - i/10)·s_i, and
-    step i selects while i / 10 < 0.3 (select_until's default): the LR each optimizer.step() call saw."""
+    step i selects while i / 10 < 0.3 (select_until): the LR each optimizer.step() call saw."""
     cfg = micro_cfg(lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0, max_steps=10,
-                    lr_batch_scale=rule, out=str(tmp_path / "run"))
+                    lr_batch_scale=rule, select_until=0.3, out=str(tmp_path / "run"))
     tr = Trainer(cfg)
     used, real = [], tr.engine.optimizer.step
     tr.engine.optimizer.step = lambda *a, **k: used.append(tr.engine.optimizer.param_groups[0]["lr"]) or real(*a, **k)

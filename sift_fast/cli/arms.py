@@ -16,15 +16,24 @@ from typing import Any
 from sift_fast.config import Config, OptimConfig, SiftConfig
 from sift_fast.errors import ConfigError
 
-ARMS = ("baseline", "default", "default-lr", "entropy", "loss", "random", "random-free", "sb", "anneal",
+ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb", "anneal",
         "anneal-horizon", "auto", "lr", "sample", "noise")
 # the keep schedule and rule of a fixed-keep top-k arm (selecting to the end of the run)
 FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk",
          "select_until": 1.0, "lr_batch_scale": "none"}
 
 
-# ``until<F>`` / ``until<F>-lr``: the default with select_until F (and the sqrt LR batch scale), e.g. until0.1
+# ``until<F>`` / ``until<F>-lr``: the default with select_until F (and the sqrt LR batch scale), e.g. until0.1;
+# results files name the default by this form (default_name), so they stay right when the default changes
 UNTIL = re.compile(r"until(0?\.\d+|1)(-lr)?")
+
+
+def default_name() -> str:
+    """The trainer's default SIFT as an ``until<F>[-lr]`` arm (what ``default`` is today)."""
+    lr = OptimConfig().lr_batch_scale
+    if lr not in ("none", "sqrt"):
+        raise ConfigError(f"the default lr_batch_scale {lr} has no until<F> arm name")
+    return f"until{SiftConfig().select_until:g}" + ("-lr" if lr == "sqrt" else "")
 
 
 def is_arm(name: str) -> bool:
@@ -42,8 +51,6 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
         "default": default,
-        # the default with the LR of its selection steps scaled by sqrt(keep) (optim.lr_batch_scale=sqrt)
-        "default-lr": {**default, "lr_batch_scale": "sqrt"},
         "entropy": {"selection": "entropy", **FIXED},
         "loss": {"selection": "loss", **FIXED},
         "random": {"selection": "random", "random_pays_scoring": True, **FIXED},
