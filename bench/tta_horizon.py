@@ -188,9 +188,9 @@ def crossover(arm: list[dict[str, Any]], base: list[dict[str, Any]], key: str, h
 
 
 def paired(by_seed: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """The baseline runs an arm's seeds are compared with: the same seed, finished in the same session (or both
-    from older reports, whose runs have no session: each of those sessions ran its pairs side by side). The CPU
-    clock changes from session to session by up to 40 %, so a cross-session pair would compare clocks."""
+    """The baseline runs an arm's seeds are compared with: the same seed, finished in the same session. The CPU
+    clock changes from session to session by up to 40 %, so a cross-session pair would compare clocks. Runs of
+    the reports before 2026-12-06 carry their session's date, set from the commit history."""
     return {sd: base[sd] for sd, r in by_seed.items() if sd in base and r.get("session") == base[sd].get("session")}
 
 
@@ -204,6 +204,7 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
         row: dict[str, Any] = {"seeds": sorted(by_seed), "equal_time": {}, "targets": {}, "crossover": {},
                                "worst_excess": {}}
         pb = paired(by_seed, base)  # the baseline seeds this arm is compared with
+        row["paired_seeds"] = len(pb)
         row["final_loss"] = mean_sd([r["evals"][-1]["val_loss"] for r in by_seed.values()])
         row["final_acc"] = mean_sd([r["evals"][-1]["val_mlm_acc"] for r in by_seed.values()])
         for key in ("all", "word_embeddings"):
@@ -421,10 +422,11 @@ def render(name: str, rep: dict[str, Any]) -> str:
     for arm in arms:
         r = a["arms"][arm]
         eq = [_f(r["equal_time"][f"val_loss@{f:g}"]) for f in FRACTIONS]
-        tg = [(_f(t["ratio"], ".2f") + ("" if t["n"] == t["of"] else f" ({t['n']}/{t['of']})")) if t["n"] else "never"
-              for t in r["targets"].values()]
+        tg = [(_f(t["ratio"], ".2f") + ("" if t["n"] == t["of"] else f" ({t['n']}/{t['of']})")) if t["n"] else
+              "never" if r.get("paired_seeds", 1) else "-" for t in r["targets"].values()]
         ex = [x for x in r["worst_excess"].get("val_loss", []) if x is not None]
-        lines.append(f"| {arm} | {len(r['seeds'])} | {_f(r['step_time'])} | {_f(r['final_loss'])} | "
+        unpaired = "" if r.get("paired_seeds", 1) else " (no baseline of its session)"
+        lines.append(f"| {arm}{unpaired} | {len(r['seeds'])} | {_f(r['step_time'])} | {_f(r['final_loss'])} | "
                      f"{_f(r['final_acc'], '.4f')} | " + " | ".join(eq) + " | " + " | ".join(tg) +
                      f" | {', '.join(f'{x:+.3f}' for x in ex) if ex else '-'} | " +
                      " / ".join(_f(r.get(f"norm_{k}", (None, None)), ".1f") for k in ("all", "word_embeddings")) + " |")

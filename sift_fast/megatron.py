@@ -30,6 +30,7 @@ adapter runs.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,9 @@ def mcore_bert_exit_scores(
 
 def _megatron_owns_the_lr(rule: str) -> None:
     if rule != "none":
-        raise ConfigError(f"lr_batch_scale {rule} is not supported by the Megatron drop-in (Megatron owns the "
-                          "optimizer and its LR schedule); use lr_batch_scale none")
+        warnings.warn(f"lr_batch_scale {rule} is not applied by the Megatron drop-in: Megatron owns the optimizer and "
+                      "its LR schedule (scale its LR for the selection steps yourself); lr_batch_scale none silences "
+                      "this", stacklevel=3)
 
 
 def _as_sift_config(cfg: Config | SiftConfig | Mapping[str, Any] | str | Path | None) -> tuple[SiftConfig, int]:
