@@ -89,7 +89,9 @@ def sift_step(
             engine.backward(out.loss)
     if after_backward is not None:
         after_backward()
-    engine.lr_progress.kept_fraction = sel.kept.numel() / sel.batch.size  # for optim.lr_batch_scale
+    # for optim.lr_batch_scale: this rank's kept rows over its own candidates (global selection hands a rank a
+    # batch with the rows it received from others; its share of the global top-k is still keep_count of C)
+    engine.lr_progress.kept_fraction = sel.kept.numel() / batch_host.size
     with timer.phase("optimizer"):
         engine.step()
     return StepResult(
