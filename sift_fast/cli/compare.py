@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sift_fast.cli.args import OneLineParser, add_config_flags, config_from_args, run_cli
-from sift_fast.cli.arms import ARMS, arm_overrides
+from sift_fast.cli.arms import ARMS, arm_overrides, default_name
 from sift_fast.cli.report import render_markdown, render_plot, render_table
 from sift_fast.io import atomic_write_json, atomic_write_text
 
@@ -95,7 +95,7 @@ def one_seed_note(cfg) -> str:
     except (OSError, ValueError, KeyError):
         return note + " The multi-seed evidence: bench/results/tta_horizon_*.md."
     cells = []
-    for arm in ("default", "entropy"):
+    for arm in (default_name(), "entropy"):  # the suite names the default by its until<F>[-lr] arm
         eq = arms.get(arm, {}).get("equal_time", {})
         if eq:
             parts = [f"{f}: {m:.3f}" + (f" ± {s:.3f}" if s else "") for f in ("0.25", "1")
