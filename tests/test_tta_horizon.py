@@ -1,4 +1,5 @@
-"""bench/tta_horizon.py: the crossover rule by hand, and only runs that reached the budget are reported."""
+"""bench/tta_horizon.py and bench/horizon_report.py: the crossover, verdict, seed-noise and clock rules by hand;
+only runs that reached the budget are reported."""
 
 import argparse
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+import horizon_report as hr  # noqa: E402
 import tta_horizon as th  # noqa: E402
 
 
@@ -20,8 +22,8 @@ def test_crossover_is_where_the_arm_stays_worse():
     # ahead, then behind at 150 (briefly), ahead at 250, behind from 350 on
     arm = _evals([(0, 9.0), (50, 7.5), (150, 6.6), (250, 5.4), (350, 4.6), (400, 4.1)])
     # interpolated baseline: 50 -> 8.0, 150 -> 6.5, 250 -> 5.5, 350 -> 4.5
-    assert th.crossover(arm, base, "val_loss", higher=False, after=40)["wall_s"] == 350
-    assert th.crossover(arm[:4], base, "val_loss", higher=False, after=40) is None  # never stays behind
+    assert hr.crossover(arm, base, "val_loss", higher=False, after=40)["wall_s"] == 350
+    assert hr.crossover(arm[:4], base, "val_loss", higher=False, after=40) is None  # never stays behind
 
 
 def test_collect_skips_runs_stopped_before_the_budget(tmp_path):
@@ -48,16 +50,16 @@ def test_verdict_by_hand():
                         1: {"evals": _evals([(x, 9.2 - 0.01 * x) for x in t]), "session": "s"}},
             "entropy": {0: {"evals": _evals([(x, 9.3 - 0.01 * x) for x in t]), "session": "s"},
                         1: {"evals": _evals([(x, 0.0 * x) for x in t]), "session": "other"}}}  # not side by side
-    assert abs(th.seed_sd(runs["baseline"], 400.0) - 0.2 / 2 ** 0.5) < 1e-9
+    assert abs(hr.seed_sd(runs["baseline"], 400.0) - 0.2 / 2 ** 0.5) < 1e-9
     a = {"arms": {"default": {"targets": {"acc:0.6": {"ratio": (0.6, None)}, "acc:0.75": {"ratio": (1.1, None)}}},
                   "entropy": {"targets": {"acc:0.6": {"ratio": (0.5, None)}, "acc:0.75": {"ratio": (0.9, None)}}}}}
-    v = th.verdict(runs, a, 400.0)
+    v = hr.verdict(runs, a, 400.0)
     d, e = v["arms"]["default"], v["arms"]["entropy"]
     assert d["seeds"] == 2 and abs(d["worst_mean_excess"] - 0.05) < 1e-9 and d["within_noise"] is True
     assert abs(d["early_share"]["acc:0.6"] - 0.8) < 1e-9 and abs(d["early_share"]["acc:0.75"] + 1.0) < 1e-9
     assert e["seeds"] == 1 and abs(e["worst_mean_excess"] - 0.3) < 1e-9 and e["within_noise"] is False
-    assert list(th.paired(runs["entropy"], runs["baseline"])) == [0]  # seed 1 ran in another session
-    assert th.seed_sd({0: {"evals": b0, "session": "s"}}, 400.0) is None  # one seed: no noise estimate
+    assert list(hr.paired(runs["entropy"], runs["baseline"])) == [0]  # seed 1 ran in another session
+    assert hr.seed_sd({0: {"evals": b0, "session": "s"}}, 400.0) is None  # one seed: no noise estimate
 
 
 def test_clock_ratio_times_the_same_full_step_in_both_runs():
@@ -68,10 +70,10 @@ def test_clock_ratio_times_the_same_full_step_in_both_runs():
 
     arm = [ev(0, 0, 0, 0), ev(4, 4, 128, 64), ev(7, 5, 160, 96), ev(10, 6, 192, 128)]
     base = [ev(0, 0, 0, 0), ev(4, 2, 64, 64), ev(6.5, 3, 96, 96), ev(9, 4, 128, 128), ev(11, 5, 160, 160)]
-    assert th.full_step_time(arm) == (3.0, 4, 10)
-    assert th.full_step_time(base)[0] == 11 / 5
-    assert abs(th.clock_ratio(arm, base) - 3.0 / 2.5) < 1e-12
-    assert th.clock_ratio(arm[:2], base) is None  # a fixed-keep arm never takes a full step
+    assert hr.full_step_time(arm) == (3.0, 4, 10)
+    assert hr.full_step_time(base)[0] == 11 / 5
+    assert abs(hr.clock_ratio(arm, base) - 3.0 / 2.5) < 1e-12
+    assert hr.clock_ratio(arm[:2], base) is None  # a fixed-keep arm never takes a full step
 
 
 def test_seed_sd_pools_seeds_of_one_session_only():
@@ -84,11 +86,11 @@ def test_seed_sd_pools_seeds_of_one_session_only():
                                               for s in steps]}
 
     base = {0: run("A", 0.0), 1: run("A", 0.2), 2: run("B", 0.0, 1.4), 3: run(None, 0.5)}
-    assert abs(th.seed_sd(base, 450.0) - 0.2 / 2 ** 0.5) < 1e-9
-    assert th.seed_sd({0: base[0], 2: base[2], 3: base[3]}, 450.0) is None
+    assert abs(hr.seed_sd(base, 450.0) - 0.2 / 2 ** 0.5) < 1e-9
+    assert hr.seed_sd({0: base[0], 2: base[2], 3: base[3]}, 450.0) is None
     # two sessions with two seeds each: their per-eval sds (0.1414 and 0.2828, 9 evals each) pooled, upper median
     pooled = {**base, 4: run("C", 0.0, 1.4), 5: run("C", 0.4, 1.4)}
-    assert abs(th.seed_sd(pooled, 450.0) - 0.4 / 2 ** 0.5) < 1e-9
+    assert abs(hr.seed_sd(pooled, 450.0) - 0.4 / 2 ** 0.5) < 1e-9
 
 
 def test_final_norms_by_hand(tmp_path):
