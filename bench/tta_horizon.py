@@ -26,11 +26,12 @@ of arm ``default`` runs as the default's own ``until<F>`` name (``until0.1`` tod
 does with no selection flag), so a report never mixes two defaults. ``entropy`` and the other fixed-keep
 arms pin ``select_until`` to 1 (select to the end).
 
-Reported per configuration and arm by ``bench/horizon_report.py`` (``bench/results/tta_horizon_<config>.{md,json,png}``): val loss and
-accuracy ÷ baseline at equal CPU time at 25/50/75/100 % of the budget, the crossover (the first eval
-time after which the arm's interpolated val loss / accuracy is worse than the baseline's, in CPU-s,
-candidate tokens and passes over the training split), time to the early and late targets, and the
-"never loses" check (worst excess of the arm's val loss over the baseline's past 10 % of the budget).
+Reported per configuration and arm by ``bench/horizon_report.py``
+(``bench/results/tta_horizon_<config>.{md,json,png}``): val loss and accuracy ÷ baseline at equal CPU time
+at 25/50/75/100 % of the budget, the crossover (the first eval time after which the arm's interpolated val
+loss / accuracy is worse than the baseline's, in CPU-s, candidate tokens and passes over the training
+split), time to the early and late targets, the clock check, the final weight norms, and the "never loses"
+check (worst excess of the arm's val loss over the baseline's past 10 % of the budget).
 
 Runs are claimed with a lock file, so two processes with the same ``--jobs`` list share the work:
 
