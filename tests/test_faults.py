@@ -20,7 +20,7 @@ import torch
 
 from sift_fast.cli.args import run_cli
 from sift_fast.cli.pretrain import _main as pretrain_main
-from sift_fast.errors import TrainingHalted
+from sift_fast.errors import ConfigError, TrainingHalted
 from sift_fast.train.checkpoint import list_checkpoints, load_checkpoint
 from sift_fast.train.loop import Trainer
 
@@ -481,6 +481,24 @@ def test_resume_refuses_another_model_tokenizer_or_selection(two_checkpoints, sm
         code, err = run_cli_capture(base + extra, capsys)
         assert code == 2 and len(err) == 1 and needle in err[0] and "--resume" in err[0], err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_check_ignores_selection_settings_a_baseline_never_uses(micro_cfg, tmp_path):
+    from types import SimpleNamespace
+
+    def check(saved_sift, **sift):
+        cfg = micro_cfg(**sift)
+        state = {"config": {**cfg.to_dict(), "sift": {**cfg.to_dict()["sift"], **saved_sift}}}
+        me = SimpleNamespace(cfg=cfg, RESUME_MUST_MATCH=Trainer.RESUME_MUST_MATCH,
+                             RESUME_BASELINE_SIFT=Trainer.RESUME_BASELINE_SIFT)
+        Trainer.check_resumable(me, state, tmp_path / "c.pt")
+
+    check({"select_until": 0.3, "keep": 0.25}, selection="none")  # a baseline: neither is used
+    for saved, sift, needle in (({"select_until": 0.3}, {"selection": "entropy"}, "select_until=0.3 (this run: 0.1)"),
+                                ({"candidates": 16}, {"selection": "none"}, "candidates=16"),
+                                ({"selection": "entropy"}, {"selection": "none"}, "selection='entropy'")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            check(saved, **sift)
 
 
 def test_resume_without_checkpoint_says_so(micro_cfg, tmp_path, capsys):

@@ -163,6 +163,9 @@ class Trainer:
     RESUME_MUST_MATCH = {"model": None, "sift": None,
                          "data": ("corpus", "vocab", "vocab_size", "seq_len", "text_key", "valid_fraction",
                                   "max_train_tokens", "mask_prob")}
+    # a baseline (selection none on both sides) uses no other selection setting: e.g. a baseline started
+    # under another select_until default resumes
+    RESUME_BASELINE_SIFT = ("selection", "candidates")
 
     def check_resumable(self, state: dict[str, Any], path: Path) -> None:
         """A ``ConfigError`` line when the checkpoint's model, tokenizer or selection config differs from this run's."""
@@ -170,6 +173,8 @@ class Trainer:
         diffs = []
         for section, keys in self.RESUME_MUST_MATCH.items():
             a, b = saved.get(section) or {}, mine[section]
+            if section == "sift" and a.get("selection") == b["selection"] == "none":
+                keys = self.RESUME_BASELINE_SIFT
             for k in keys or b:
                 if k in a and a[k] != b[k]:
                     diffs.append(f"{k}={a[k]!r} (this run: {b[k]!r})")
