@@ -16,7 +16,9 @@ every kept token of the accumulation window (across ranks with ``average_tokens_
 Evaluation and prediction run the stock Trainer code. Schedule fields (warmup, anneal, interrupt) count
 optimizer steps (``state.global_step``). The selector state (RNG, automatic exit layer) is saved in each
 checkpoint folder (``sift_state_rankNNNNN.pt``) and restored by ``train(resume_from_checkpoint=...)``.
-The SIFT fields appear in the log history under ``sift/``.
+The SIFT fields appear in the log history under ``sift/``. ``lr_batch_scale`` (default sqrt, as the CLI):
+the optimizer step of a window that backpropagated the fraction f of its candidates runs at LR × f^p (a
+step hook on the Trainer's optimizer; the schedule's LR is restored after the update).
 
 Not supported here (one clear error at start-up): ``selection_rule=sample``, ``adaptive_keep``, selection
 scope ``global``; the BertForPreTraining next-sentence loss (MLM head only, as in ``sift-pretrain``).
@@ -38,7 +40,7 @@ import torch
 import transformers
 from torch.nn import functional as F
 
-from sift_fast.config import SiftConfig
+from sift_fast.config import OptimConfig, SiftConfig
 from sift_fast.data.batch import Batch
 from sift_fast.errors import ConfigError
 from sift_fast.faults import fault_point
@@ -48,9 +50,11 @@ from sift_fast.scoring import compute_scores, criterion_for, wants_scores
 from sift_fast.selection import Plan, Selector
 from sift_fast.telemetry.timer import StepTimer
 from sift_fast.train.checkpoint import safe_load
+from sift_fast.train.optim import BATCH_SCALE_POWER, batch_scale
 
 logger = logging.getLogger(__name__)
 _SIFT_FIELDS = {f.name: f for f in fields(SiftConfig)}
+_LR_SCALE = next(f for f in fields(OptimConfig) if f.name == "lr_batch_scale")
 STATE_FILE = "sift_state_rank{:05d}.pt"
 
 
@@ -79,15 +83,19 @@ class SiftArguments:
     exit_auto_overlap: float = _arg("exit_auto_overlap")
     selection_rule: Literal["topk", "sample"] = _arg("selection_rule")  # parsed so that 'sample' is refused
     adaptive_keep: Literal["off", "noise"] = _arg("adaptive_keep")  # in one line, not as an unknown flag
+    lr_batch_scale: Literal["none", "sqrt", "linear"] = field(
+        default=_LR_SCALE.default, metadata={"help": _LR_SCALE.metadata["help"] + " (the CLI's --lr-batch-scale)"})
 
     def __post_init__(self) -> None:
         self.exit_layer = str(self.exit_layer)
+        if self.lr_batch_scale not in BATCH_SCALE_POWER:
+            raise ConfigError(f"--lr_batch_scale {self.lr_batch_scale}: use one of {', '.join(BATCH_SCALE_POWER)}")
         # validate at parse time: keep in (0, 1], exit layer form, schedule order, what the drop-in cannot do
         _check_supported(self.sift_config(1))
 
     def sift_config(self, candidates: int) -> SiftConfig:
         """The validated ``SiftConfig`` for a candidate pool of ``candidates`` sequences."""
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name in _SIFT_FIELDS}
         return SiftConfig(**values, candidates=candidates)
 
 
@@ -179,6 +187,35 @@ class SiftTrainer(transformers.Trainer):
         self.sift_totals = {"candidates": 0, "backprop_samples": 0}
         self._sift_window: dict[str, float] = {}
         self._sift_last_log = time.perf_counter()
+        self.sift_step_kept_fraction = 1.0  # the coming optimizer step's kept rows ÷ candidates (its window)
+        self._sift_hooked: torch.optim.Optimizer | None = None
+        self._sift_saved_lr: list[float] | None = None
+
+    # --- lr_batch_scale: the optimizer step of a selection window runs at LR × kept_fraction^p ---------------
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """The Trainer's optimizer, with ``lr_batch_scale`` hooked onto its step (an optimizer from a DeepSpeed
+        config is DeepSpeed's own and runs unscaled)."""
+        opt = super().create_optimizer(model)
+        inner = getattr(opt, "optimizer", opt)  # accelerate / DeepSpeed wrappers keep the torch optimizer here
+        if self.sift_args.lr_batch_scale != "none" and self._sift_hooked is not inner:
+            inner.register_step_pre_hook(self._sift_scale_lr)
+            inner.register_step_post_hook(self._sift_restore_lr)
+            self._sift_hooked = inner
+        return opt
+
+    def _sift_scale_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
+        s = batch_scale(self.sift_step_kept_fraction, self.sift_args.lr_batch_scale)
+        self._sift_saved_lr = None
+        if s != 1.0:  # the schedule's LR is put back after the update (any scheduler, also chained ones)
+            self._sift_saved_lr = [g["lr"] for g in opt.param_groups]
+            for g in opt.param_groups:
+                g["lr"] = g["lr"] * s
+
+    def _sift_restore_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
+        if self._sift_saved_lr is not None:
+            for g, lr in zip(opt.param_groups, self._sift_saved_lr, strict=True):
+                g["lr"] = lr
+            self._sift_saved_lr = None
 
     # --- start-up checks -------------------------------------------------------------------------
     def _sift_check_data(self) -> None:
@@ -214,7 +251,11 @@ class SiftTrainer(transformers.Trainer):
                 break
         if self.sift_auto is not None and batches:
             self._sift_auto_exit(batches[0])
+        before = dict(self.sift_totals)
         kept = [self.sift_select(b) for b in batches]
+        cand = self.sift_totals["candidates"] - before["candidates"]
+        if cand:  # this rank's window, as sift-pretrain's step (lr_batch_scale)
+            self.sift_step_kept_fraction = (self.sift_totals["backprop_samples"] - before["backprop_samples"]) / cand
         num_items = super()._get_num_items_in_batch(kept, device)
         if num_items is None and kept:  # the model takes no loss kwargs: count the kept targets here
             num_items = self._sift_count(kept, device)

@@ -347,3 +347,33 @@ def test_sift_arguments_parse_beside_training_arguments(tmp_path):
     assert isinstance(cfg, SiftConfig) and cfg.keep == 0.25 and cfg.exit_layer == "auto" and cfg.backprop_size == 8
     assert (cfg.selection, cfg.selection_warmup_steps, cfg.anneal_until, cfg.interrupt_every, cfg.score_tokens) == \
         ("loss", 2, 10, 5, 3)
+
+
+@pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("none", 0.0), ("linear", 1.0)])
+def test_lr_batch_scale_scales_the_selection_steps_update(tok, lines, tmp_path, rule, power):
+    """The LR each optimizer step really uses: the linear schedule's 1e-3 × (1 − i/4), × keep^p while selecting
+    (select_until 0.5: steps 0 and 1 of 4), the schedule's own after; the schedule's LR is back after each step."""
+    seen, after = [], []
+
+    class Spy(SiftTrainer):
+        def create_optimizer(self, model=None):
+            opt = super().create_optimizer(model)
+            inner = getattr(opt, "optimizer", opt)
+            inner.register_step_pre_hook(lambda o, *_: seen.append(o.param_groups[0]["lr"]))
+            inner.register_step_post_hook(lambda o, *_: after.append(o.param_groups[0]["lr"]))
+            return opt
+
+    sift = SiftArguments(selection="entropy", keep=0.25, select_until=0.5, lr_batch_scale=rule)
+    tr = Spy(model=micro_model(tok), args=targs(tmp_path, max_steps=4, per_device_train_batch_size=8),
+             train_dataset=examples(tok, lines), data_collator=T.DataCollatorForLanguageModeling(tok), sift_args=sift)
+    tr.train()
+    schedule = [1e-3 * (1 - i / 4) for i in range(4)]
+    want = [lr * (0.25 ** power if i < 2 else 1.0) for i, lr in enumerate(schedule)]
+    assert seen == pytest.approx(want, rel=1e-12) and after == pytest.approx(schedule, rel=1e-12)
+    kept = [h["sift/kept_fraction"] for h in tr.state.log_history if "sift/kept_fraction" in h]
+    assert kept == [0.25, 0.25, 1.0, 1.0]
+
+
+def test_lr_batch_scale_bad_value_is_one_line():
+    with pytest.raises(ConfigError, match="--lr_batch_scale cube: use one of none, sqrt, linear"):
+        SiftArguments(lr_batch_scale="cube")
