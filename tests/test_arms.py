@@ -49,9 +49,10 @@ def test_compare_note_quotes_the_suite_under_the_defaults_name(tmp_path, monkeyp
     eq = {"val_loss@0.25": [0.99, 0.004], "val_loss@1": [0.998, 0.0]}
     suite.write_text(json.dumps({"analysis": {"arms": {default_name(): {"equal_time": eq, "seeds": [1, 2]},
                                                         "until0.3": {"equal_time": eq, "seeds": [0]}}}}))
-    monkeypatch.setattr(compare, "SUITE", suite)
+    monkeypatch.setattr(compare, "SUITES", {"single-pass-decay": suite, "repeated-decay": tmp_path / "none.json"})
     cfg = build_config({"preset": "proxy-12", "time_budget_s": 240.0})
     note = compare.one_seed_note(cfg)
-    assert f"{default_name()} 0.25: 0.990 ± 0.004, 1: 0.998 (seeds 2)" in note and "until0.3" not in note
-    monkeypatch.setattr(compare, "SUITE", tmp_path / "missing.json")
+    assert f"single-pass-decay {default_name()}: 0.990 ± 0.004 @25%, 0.998 @100% (2 seeds)." in note
+    assert "until0.3" not in note and "repeated-decay" not in note
+    monkeypatch.setattr(compare, "SUITES", {"repeated-decay": tmp_path / "missing.json"})
     assert compare.one_seed_note(cfg).endswith("The multi-seed evidence: bench/results/tta_horizon_*.md.")

@@ -82,27 +82,33 @@ def _main(argv: list[str] | None) -> int:
     return 0
 
 
-# the long-horizon suite run with the protocol sift-compare uses (the LR decayed over the time budget)
-SUITE = Path(__file__).resolve().parents[2] / "bench" / "results" / "tta_horizon_repeated-decay.json"
+# the long-horizon suites run with the protocol sift-compare uses (the LR decayed over the time budget): the
+# bundled corpus many times over, and fresh prose
+SUITES = {name: Path(__file__).resolve().parents[2] / "bench" / "results" / f"tta_horizon_{name}.json"
+          for name in ("repeated-decay", "single-pass-decay")}
 
 
 def one_seed_note(cfg) -> str:
-    """Say that this is one seed, with the long-horizon suite's spread beside it when it is available."""
+    """Say that this is one seed, with the long-horizon suites' multi-seed numbers beside it where they exist."""
     note = (f"note: one seed ({cfg.train.seed}) and {cfg.train.time_budget_s:g} s per arm; run-to-run spread is "
             "larger than the differences early on.")
-    try:
-        arms = json.loads(SUITE.read_text())["analysis"]["arms"]
-    except (OSError, ValueError, KeyError):
-        return note + " The multi-seed evidence: bench/results/tta_horizon_*.md."
     cells = []
-    for arm in (default_name(), "entropy"):  # the suite names the default by its until<F>[-lr] arm
-        eq = arms.get(arm, {}).get("equal_time", {})
-        if eq:
-            parts = [f"{f}: {m:.3f}" + (f" ± {s:.3f}" if s else "") for f in ("0.25", "1")
-                     for m, s in [eq.get(f"val_loss@{f}", (None, None))] if m is not None]
-            cells.append(f"{arm} {', '.join(parts)} (seeds {len(arms[arm]['seeds'])})")
-    head = " Suite (bundled corpus, LR decayed over the budget, 2700 CPU-s, val loss ÷ baseline at 25% / 100%): "
-    return note + (head + "; ".join(cells) + "." if cells else "")
+    for suite, path in SUITES.items():
+        try:
+            arms = json.loads(path.read_text())["analysis"]["arms"]
+        except (OSError, ValueError, KeyError):
+            continue
+        for arm in (default_name(), "entropy"):  # the suites name the default by its until<F>[-lr] arm
+            eq = arms.get(arm, {}).get("equal_time", {})
+            parts = [f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") + f" @{float(f):.0%}" for f in ("0.25", "1")
+                     for m, sd in [eq.get(f"val_loss@{f}", (None, None))] if m is not None]
+            if parts:
+                n = len(arms[arm]["seeds"])
+                cells.append(f"{suite} {arm}: {', '.join(parts)} ({n} seed{'s' if n > 1 else ''})")
+    if not cells:
+        return note + " The multi-seed evidence: bench/results/tta_horizon_*.md."
+    return note + (" Long-horizon suites (2700 CPU-s per run, LR decayed over the budget; val loss ÷ baseline at "
+                   "equal CPU time): " + "; ".join(cells) + ".")
 
 
 def main(argv: list[str] | None = None) -> int:
