@@ -167,8 +167,22 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
         if prev is None or summ["train_time_s"] >= prev["summary"]["train_time_s"]:
             runs.setdefault(arm, {})[int(sd)] = {"summary": summ, "evals": read_evals(d),
                                                  "adaptive": _adaptive_trace(d), "norms": final_norms(d),
-                                                 "session": _read_session(d)}
+                                                 "session": _read_session(d), "eval_every": _eval_every(d)}
     return runs, old.get("meta", {})
+
+
+def _eval_every(run: Path) -> int | None:
+    try:
+        return int(json.loads((run / "config.json").read_text())["train"]["eval_every"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def eval_every_of(runs: dict[str, dict[int, dict[str, Any]]], fallback: Any) -> Any:
+    """The runs' own eval interval (one value, or the distinct values joined by '/'); ``fallback`` when no run
+    recorded it (runs of older reports)."""
+    seen = sorted({r["eval_every"] for by in runs.values() for r in by.values() if r.get("eval_every")})
+    return "/".join(map(str, seen)) if len(seen) > 1 else (seen[0] if seen else fallback)
 
 
 def session_id() -> str | None:
@@ -228,7 +242,8 @@ def write_report(name: str, args: argparse.Namespace, extra: dict[str, Any] | No
         extra = {**(extra or {}), "train_sequences": len(build_data(base).train), "seq_len": base.data.seq_len}
     meta = {**old_meta, "corpus": Path(c["corpus"]).name if c["corpus"] != "wiki" else "wiki (bundled)",
             "preset": c["preset"], "candidates": args.candidates, "keep": args.keep,
-            "budget_s": max(args.budget_s, old_meta.get("budget_s", 0)), "eval_every": args.eval_every,
+            "budget_s": max(args.budget_s, old_meta.get("budget_s", 0)),
+            "eval_every": eval_every_of(runs, old_meta.get("eval_every", args.eval_every)),
             "machine": old_meta.get("machine") or machine(), **(extra or {})}
     analysis = analyse(runs, meta["budget_s"], meta)
     analysis["verdict"] = verdict(runs, analysis, meta["budget_s"])

@@ -38,6 +38,24 @@ def test_collect_skips_runs_stopped_before_the_budget(tmp_path):
     assert sorted(runs) == ["baseline", "entropy"] and sorted(runs["baseline"]) == [0]  # seed 1 stopped at 185 s
 
 
+def test_report_names_the_runs_own_eval_interval(tmp_path):
+    """The header's eval interval is the runs' (config.json), not the report command's flag."""
+    group = tmp_path / "runs" / "wide-decay"
+    for name, every in (("baseline_s0", 25), ("until0.1-lr_s0", 25), ("entropy_s0", None)):
+        d = group / name
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"train_time_s": 2700.0, "steps": 10}))
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in _evals([(0, 9.0), (2700, 6.0)])) + "\n")
+        if every:
+            (d / "config.json").write_text(json.dumps({"train": {"eval_every": every}}))
+    args = argparse.Namespace(results=str(tmp_path / "results"), runs=str(tmp_path / "runs"), budget_s=2700.0)
+    runs, _ = th.collect("wide-decay", args)
+    assert th.eval_every_of(runs, 50) == 25
+    runs["entropy"][0]["eval_every"] = 40
+    assert th.eval_every_of(runs, 50) == "25/40"
+    assert th.eval_every_of({"baseline": {0: {}}}, 50) == 50  # a run of an older report: the report's own
+
+
 def test_verdict_by_hand():
     """Baseline seeds 0 / 1 differ by 0.2 at every eval (sd 0.1414); the default is 0.1 worse than seed 0's
     baseline and level with seed 1's (mean excess 0.05 <= sd: within noise); a loser 0.3 worse is not.
