@@ -179,9 +179,9 @@ def _eval_every(run: Path) -> int | None:
 
 
 def eval_every_of(runs: dict[str, dict[int, dict[str, Any]]], fallback: Any) -> Any:
-    """The runs' own eval interval (one value, or the distinct values joined by '/'); ``fallback`` when no run
-    recorded it (runs of older reports)."""
-    seen = sorted({r["eval_every"] for by in runs.values() for r in by.values() if r.get("eval_every")})
+    """The runs' own eval interval (one value, or the distinct values joined by '/'); a run that did not record it
+    (runs of older reports) counts as ``fallback``, the interval its report stated."""
+    seen = sorted({r.get("eval_every") or fallback for by in runs.values() for r in by.values()}, key=str)
     return "/".join(map(str, seen)) if len(seen) > 1 else (seen[0] if seen else fallback)
 
 

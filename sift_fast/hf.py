@@ -188,19 +188,25 @@ class SiftTrainer(transformers.Trainer):
         self._sift_window: dict[str, float] = {}
         self._sift_last_log = time.perf_counter()
         self.sift_step_kept_fraction = 1.0  # the coming optimizer step's kept rows ÷ candidates (its window)
-        self._sift_hooked: torch.optim.Optimizer | None = None
         self._sift_saved_lr: list[float] | None = None
 
     # --- lr_batch_scale: the optimizer step of a selection window runs at LR × kept_fraction^p ---------------
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
-        """The Trainer's optimizer, with ``lr_batch_scale`` hooked onto its step (an optimizer from a DeepSpeed
-        config is DeepSpeed's own and runs unscaled)."""
+        """The Trainer's optimizer, with ``lr_batch_scale`` hooked onto its step. An optimizer that is not a torch
+        optimizer (DeepSpeed's own, named in its config: the Trainer holds a placeholder) runs unscaled, with
+        one warning."""
         opt = super().create_optimizer(model)
         inner = getattr(opt, "optimizer", opt)  # accelerate / DeepSpeed wrappers keep the torch optimizer here
-        if self.sift_args.lr_batch_scale != "none" and self._sift_hooked is not inner:
-            inner.register_step_pre_hook(self._sift_scale_lr)
-            inner.register_step_post_hook(self._sift_restore_lr)
-            self._sift_hooked = inner
+        if self.sift_args.lr_batch_scale == "none" or getattr(inner, "_sift_lr_hooked", False):
+            return opt  # hooked once per optimizer, also when trainers share it (optimizers=...)
+        if not isinstance(inner, torch.optim.Optimizer):
+            logger.warning("lr_batch_scale %s is not applied: the optimizer (%s) is not a torch optimizer (e.g. "
+                           "one from the DeepSpeed config); set lr_batch_scale none to silence this",
+                           self.sift_args.lr_batch_scale, type(inner).__name__)
+            return opt
+        inner.register_step_pre_hook(self._sift_scale_lr)
+        inner.register_step_post_hook(self._sift_restore_lr)
+        inner._sift_lr_hooked = True
         return opt
 
     def _sift_scale_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
@@ -209,7 +215,8 @@ class SiftTrainer(transformers.Trainer):
         if s != 1.0:  # the schedule's LR is put back after the update (any scheduler, also chained ones)
             self._sift_saved_lr = [g["lr"] for g in opt.param_groups]
             for g in opt.param_groups:
-                g["lr"] = g["lr"] * s
+                if isinstance(g["lr"], (float, int, torch.Tensor)):  # Adafactor's relative step has lr None
+                    g["lr"] = g["lr"] * s
 
     def _sift_restore_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
         if self._sift_saved_lr is not None:

@@ -47,12 +47,17 @@ def test_compare_note_quotes_the_suite_under_the_defaults_name(tmp_path, monkeyp
 
     suite = tmp_path / "suite.json"
     eq = {"val_loss@0.25": [0.99, 0.004], "val_loss@1": [0.998, 0.0]}
-    suite.write_text(json.dumps({"analysis": {"arms": {default_name(): {"equal_time": eq, "seeds": [1, 2]},
-                                                        "until0.3": {"equal_time": eq, "seeds": [0]}}}}))
-    monkeypatch.setattr(compare, "SUITES", {"single-pass-decay": suite, "repeated-decay": tmp_path / "none.json"})
+    suite.write_text(json.dumps({"meta": {"budget_s": 2700.0},
+                                 "analysis": {"arms": {default_name(): {"equal_time": eq, "seeds": [1, 2]},
+                                                       "until0.3": {"equal_time": eq, "seeds": [0]}}}}))
+    broken = tmp_path / "broken.json"  # an older or damaged suite file: left out, no traceback
+    broken.write_text(json.dumps({"meta": {"budget_s": 2700.0}, "analysis": {"arms": {default_name(): {
+        "equal_time": {"val_loss@1": None, "val_loss@0.25": [0.9, 0.0]}}}}}))
+    monkeypatch.setattr(compare, "SUITES", {"single-pass-decay": suite, "repeated-decay": tmp_path / "none.json",
+                                            "wide-decay": broken})
     cfg = build_config({"preset": "proxy-12", "time_budget_s": 240.0})
     note = compare.one_seed_note(cfg)
-    assert f"single-pass-decay {default_name()}: 0.990 ± 0.004 @25%, 0.998 @100% (2 seeds)." in note
-    assert "until0.3" not in note and "repeated-decay" not in note
+    assert f"single-pass-decay {default_name()} (2700 CPU-s, 2 seeds): 0.990 ± 0.004 @25%, 0.998 @100%." in note
+    assert "until0.3" not in note and "repeated-decay" not in note and "wide-decay" not in note
     monkeypatch.setattr(compare, "SUITES", {"repeated-decay": tmp_path / "missing.json"})
     assert compare.one_seed_note(cfg).endswith("The multi-seed evidence: bench/results/tta_horizon_*.md.")

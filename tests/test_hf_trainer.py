@@ -377,3 +377,28 @@ def test_lr_batch_scale_scales_the_selection_steps_update(tok, lines, tmp_path, 
 def test_lr_batch_scale_bad_value_is_one_line():
     with pytest.raises(ConfigError, match="--lr_batch_scale cube: use one of none, sqrt, linear"):
         SiftArguments(lr_batch_scale="cube")
+
+
+def test_lr_batch_scale_hooks_an_optimizer_once_and_skips_a_placeholder(tok, lines, tmp_path, monkeypatch, caplog):
+    """Two trainers sharing one optimizer (and a repeated create_optimizer) scale its step once, not twice; a
+    placeholder that is not a torch optimizer (DeepSpeed's optimizer from its config) gets a warning, not a crash."""
+    import logging
+    from types import SimpleNamespace
+
+    model = micro_model(tok)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    kw = dict(args=targs(tmp_path), train_dataset=examples(tok, lines),
+              data_collator=T.DataCollatorForLanguageModeling(tok), sift_args=SiftArguments(keep=0.25))
+    a, b = (SiftTrainer(model=model, optimizers=(opt, None), **kw) for _ in range(2))
+    a.create_optimizer(), b.create_optimizer(), a.create_optimizer()
+    a.sift_step_kept_fraction = b.sift_step_kept_fraction = 0.25
+    seen = []
+    opt.register_step_pre_hook(lambda o, *_: seen.append(o.param_groups[0]["lr"]))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    assert seen == [pytest.approx(0.1 * 0.25 ** 0.5, rel=1e-12)] and opt.param_groups[0]["lr"] == 0.1
+    monkeypatch.setattr(T.Trainer, "create_optimizer", lambda self, model=None: SimpleNamespace(param_groups=[]))
+    with caplog.at_level(logging.WARNING, logger="sift_fast.hf"):
+        SiftTrainer(model=model, **kw).create_optimizer()
+    assert "lr_batch_scale sqrt is not applied" in caplog.text and "SimpleNamespace" in caplog.text

@@ -50,7 +50,8 @@ def test_report_names_the_runs_own_eval_interval(tmp_path):
             (d / "config.json").write_text(json.dumps({"train": {"eval_every": every}}))
     args = argparse.Namespace(results=str(tmp_path / "results"), runs=str(tmp_path / "runs"), budget_s=2700.0)
     runs, _ = th.collect("wide-decay", args)
-    assert th.eval_every_of(runs, 50) == 25
+    assert th.eval_every_of(runs, 25) == 25
+    assert th.eval_every_of(runs, 50) == "25/50"  # the entropy run without config.json: its report's 50
     runs["entropy"][0]["eval_every"] = 40
     assert th.eval_every_of(runs, 50) == "25/40"
     assert th.eval_every_of({"baseline": {0: {}}}, 50) == 50  # a run of an older report: the report's own

@@ -15,6 +15,7 @@ from typing import Any
 from sift_fast.cli.args import OneLineParser, add_config_flags, config_from_args, run_cli
 from sift_fast.cli.arms import ARMS, arm_overrides, default_name
 from sift_fast.cli.report import render_markdown, render_plot, render_table
+from sift_fast.config import Config
 from sift_fast.io import atomic_write_json, atomic_write_text
 
 # The no-argument run: proxy-12 on the bundled corpus, four CPU-minutes of training per arm; the LR decays
@@ -88,27 +89,33 @@ SUITES = {name: Path(__file__).resolve().parents[2] / "bench" / "results" / f"tt
           for name in ("repeated-decay", "single-pass-decay")}
 
 
-def one_seed_note(cfg) -> str:
+def one_seed_note(cfg: Config) -> str:
     """Say that this is one seed, with the long-horizon suites' multi-seed numbers beside it where they exist."""
     note = (f"note: one seed ({cfg.train.seed}) and {cfg.train.time_budget_s:g} s per arm; run-to-run spread is "
             "larger than the differences early on.")
     cells = []
     for suite, path in SUITES.items():
         try:
-            arms = json.loads(path.read_text())["analysis"]["arms"]
-        except (OSError, ValueError, KeyError):
-            continue
-        for arm in (default_name(), "entropy"):  # the suites name the default by its until<F>[-lr] arm
-            eq = arms.get(arm, {}).get("equal_time", {})
-            parts = [f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") + f" @{float(f):.0%}" for f in ("0.25", "1")
-                     for m, sd in [eq.get(f"val_loss@{f}", (None, None))] if m is not None]
-            if parts:
-                n = len(arms[arm]["seeds"])
-                cells.append(f"{suite} {arm}: {', '.join(parts)} ({n} seed{'s' if n > 1 else ''})")
+            cells += _suite_cells(suite, json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # a missing or older suite file: the note goes without it
     if not cells:
         return note + " The multi-seed evidence: bench/results/tta_horizon_*.md."
-    return note + (" Long-horizon suites (2700 CPU-s per run, LR decayed over the budget; val loss ÷ baseline at "
-                   "equal CPU time): " + "; ".join(cells) + ".")
+    return note + (" Long-horizon suites (LR decayed over each run's budget; val loss ÷ baseline at equal CPU "
+                   "time): " + "; ".join(cells) + ".")
+
+
+def _suite_cells(suite: str, rep: dict[str, Any]) -> list[str]:
+    arms, budget = rep["analysis"]["arms"], rep["meta"]["budget_s"]
+    cells = []
+    for arm in (default_name(), "entropy"):  # the suites name the default by its until<F>[-lr] arm
+        eq = arms.get(arm, {}).get("equal_time", {})
+        parts = [f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") + f" @{float(f):.0%}" for f in ("0.25", "1")
+                 for m, sd in [eq.get(f"val_loss@{f}") or (None, None)] if m is not None]
+        if parts:
+            n = len(arms[arm]["seeds"])
+            cells.append(f"{suite} {arm} ({budget:g} CPU-s, {n} seed{'s' if n > 1 else ''}): {', '.join(parts)}")
+    return cells
 
 
 def main(argv: list[str] | None = None) -> int:
