@@ -17,7 +17,7 @@ Evaluation and prediction run the stock Trainer code. Schedule fields (warmup, a
 optimizer steps (``state.global_step``). The selector state (RNG, automatic exit layer) is saved in each
 checkpoint folder (``sift_state_rankNNNNN.pt``) and restored by ``train(resume_from_checkpoint=...)``.
 The SIFT fields appear in the log history under ``sift/``. ``lr_batch_scale`` (default sqrt, as the CLI):
-the optimizer step of a window that backpropagated the fraction f of its candidates runs at LR × f^p (a
+the optimizer step of a window whose plan keeps the fraction f of its candidates runs at LR × f^p (a
 step hook on the Trainer's optimizer; the schedule's LR is restored after the update).
 
 Not supported here (one clear error at start-up): ``selection_rule=sample``, ``adaptive_keep``, selection
@@ -187,7 +187,7 @@ class SiftTrainer(transformers.Trainer):
         self.sift_totals = {"candidates": 0, "backprop_samples": 0}
         self._sift_window: dict[str, float] = {}
         self._sift_last_log = time.perf_counter()
-        self.sift_step_kept_fraction = 1.0  # the coming optimizer step's kept rows ÷ candidates (its window)
+        self.sift_step_kept_fraction = 1.0  # the coming optimizer step's planned kept fraction (lr_batch_scale)
         self._sift_saved_lr: list[float] | None = None
 
     # --- lr_batch_scale: the optimizer step of a selection window runs at LR × kept_fraction^p ---------------
@@ -258,11 +258,7 @@ class SiftTrainer(transformers.Trainer):
                 break
         if self.sift_auto is not None and batches:
             self._sift_auto_exit(batches[0])
-        before = dict(self.sift_totals)
         kept = [self.sift_select(b) for b in batches]
-        cand = self.sift_totals["candidates"] - before["candidates"]
-        if cand:  # this rank's window, as sift-pretrain's step (lr_batch_scale)
-            self.sift_step_kept_fraction = (self.sift_totals["backprop_samples"] - before["backprop_samples"]) / cand
         num_items = super()._get_num_items_in_batch(kept, device)
         if num_items is None and kept:  # the model takes no loss kwargs: count the kept targets here
             num_items = self._sift_count(kept, device)
@@ -283,6 +279,9 @@ class SiftTrainer(transformers.Trainer):
         if self.state.max_steps:  # select_until follows the Trainer's horizon, as its LR schedule does
             self.sift_selector.progress = min(1.0, self.state.global_step / self.state.max_steps)
         plan = self.sift_selector.plan(self.state.global_step)
+        # lr_batch_scale: the plan's kept fraction, the same on every rank whatever its batch sizes (a rank-local
+        # count could give DDP replicas different LRs for a short last batch and let them drift apart)
+        self.sift_step_kept_fraction = 1.0 if plan.mode == "all" else plan.keep_count / cfg.candidates
         if n != cfg.candidates:  # a short last batch: the same keep fraction of what it has
             k = max(1, min(n, round(plan.keep_count * n / cfg.candidates)))
             plan = Plan("all", n) if k >= n else Plan(plan.mode, k)
