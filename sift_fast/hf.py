@@ -50,7 +50,7 @@ from sift_fast.scoring import compute_scores, criterion_for, wants_scores
 from sift_fast.selection import Plan, Selector
 from sift_fast.telemetry.timer import StepTimer
 from sift_fast.train.checkpoint import safe_load
-from sift_fast.train.optim import BATCH_SCALE_POWER, batch_scale
+from sift_fast.train.optim import BATCH_SCALE_POWER, scale_step_lr
 
 logger = logging.getLogger(__name__)
 _SIFT_FIELDS = {f.name: f for f in fields(SiftConfig)}
@@ -210,13 +210,8 @@ class SiftTrainer(transformers.Trainer):
         return opt
 
     def _sift_scale_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
-        s = batch_scale(self.sift_step_kept_fraction, self.sift_args.lr_batch_scale)
-        self._sift_saved_lr = None
-        if s != 1.0:  # the schedule's LR is put back after the update (any scheduler, also chained ones)
-            self._sift_saved_lr = [g["lr"] for g in opt.param_groups]
-            for g in opt.param_groups:
-                if isinstance(g["lr"], (float, int, torch.Tensor)):  # Adafactor's relative step has lr None
-                    g["lr"] = g["lr"] * s
+        # the schedule's LR is put back after the update (any scheduler, also chained ones)
+        self._sift_saved_lr = scale_step_lr(opt, self.sift_step_kept_fraction, self.sift_args.lr_batch_scale)
 
     def _sift_restore_lr(self, opt: torch.optim.Optimizer, *_: Any) -> None:
         if self._sift_saved_lr is not None:

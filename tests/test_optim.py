@@ -184,7 +184,7 @@ def test_lr_batch_scale_by_hand():
     sched = build_scheduler(opt, OptimConfig(lr=2.0, lr_warmup_steps=0, lr_decay="constant"), max_steps=10,
                             progress=prog)
     prog.kept_fraction = 0.25
-    scale_step_lr(opt, prog, "sqrt")
+    scale_step_lr(opt, prog.kept_fraction, "sqrt")
     assert opt.param_groups[0]["lr"] == pytest.approx(1.0)  # this update only
     opt.step()
     sched.step()

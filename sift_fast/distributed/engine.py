@@ -186,7 +186,7 @@ class DeepSpeedEngine:
         self.ds.backward(loss)
 
     def step(self) -> None:
-        scale_step_lr(self.ds.optimizer, self.lr_progress, self.cfg.optim.lr_batch_scale)
+        scale_step_lr(self.ds.optimizer, self.lr_progress.kept_fraction, self.cfg.optim.lr_batch_scale)
         self.ds.step()
         self.backprop_samples += self._last_rows * self.world_size  # every rank backprops the same count
         self.ds.global_samples = self.backprop_samples

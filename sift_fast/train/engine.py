@@ -111,7 +111,7 @@ class TorchEngine:
             self.last_grad_norm = norm
         ok = torch.isfinite(norm)
         self.last_update_ok = ok
-        scale_step_lr(self.optimizer, self.lr_progress, self.cfg.optim.lr_batch_scale)
+        scale_step_lr(self.optimizer, self.lr_progress.kept_fraction, self.cfg.optim.lr_batch_scale)
         fused = self.device.type == "cuda" and isinstance(self.optimizer, torch.optim.AdamW)
         if fused:
             self.optimizer.found_inf = (~ok).to(torch.float32)

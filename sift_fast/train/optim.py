@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,13 +95,19 @@ def batch_scale(kept_fraction: float, rule: str) -> float:
     return kept_fraction ** BATCH_SCALE_POWER[rule]
 
 
-def scale_step_lr(optimizer: torch.optim.Optimizer, progress: LrProgress, rule: str) -> None:
-    """Multiply this update's LR by the batch scale; the scheduler's next ``step()`` sets the schedule's LR again
-    (LambdaLR writes base LR × factor), so the scale touches this update only and nothing is saved with it."""
-    s = batch_scale(progress.kept_fraction, rule)
-    if s != 1.0:
-        for group in optimizer.param_groups:
-            group["lr"] *= s
+def scale_step_lr(optimizer: torch.optim.Optimizer, kept_fraction: float, rule: str) -> list[Any] | None:
+    """Multiply this update's LR by the batch scale; returns the LRs it replaced (None: nothing scaled) for a
+    caller whose scheduler does not set the LR afresh. The trainer's LambdaLR writes base LR × factor at its next
+    ``step()``, so there the scale touches this update only. A group with a non-numeric lr (Adafactor's
+    relative step: None) is left alone."""
+    s = batch_scale(kept_fraction, rule)
+    if s == 1.0:
+        return None
+    saved = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        if isinstance(g["lr"], (float, int, torch.Tensor)):
+            g["lr"] = g["lr"] * s
+    return saved
 
 
 def horizon_progress(by_steps: float, clock: float | None, horizon: str) -> float:
