@@ -230,6 +230,9 @@ class OptimConfig:
     lr_batch_scale: Literal["none", "sqrt", "linear"] = opt(
         "sqrt", "scale the LR of a step by (backprop size / candidates)^p: none (p = 0), sqrt (p = 1/2, Adam's "
         "square-root rule for the smaller batch), linear (p = 1); plain full-batch steps keep the schedule's LR")
+    lr_batch_scale_params: Literal["all", "embeddings"] = opt(
+        "all", "which parameters lr_batch_scale scales: all, or only the word embeddings (tied to the MLM "
+        "decoder: the weights that grew most under full-LR selection), the rest at the schedule's LR")
     grad_clip: float = opt(1.0, "gradient-norm clipping; 0 = off")
 
     def __post_init__(self) -> None:
@@ -239,6 +242,9 @@ class OptimConfig:
         _positive("grad_clip", self.grad_clip, allow_zero=True)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
+        if self.lr_batch_scale_params != "all" and self.lr_batch_scale == "none":
+            raise ConfigError(f"lr_batch_scale_params {self.lr_batch_scale_params} does nothing with lr_batch_scale "
+                              "none; set --lr-batch-scale sqrt (or linear), or drop --lr-batch-scale-params")
 
 
 @dataclass

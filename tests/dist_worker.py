@@ -32,6 +32,8 @@ CASES = {  # name: (selection, scope, extra config)
     "loss_local": ("loss", "local", {}),
     "loss_global": ("loss", "global", {}),
     "entropy_local": ("entropy", "local", {"lr_batch_scale": "sqrt"}),  # the scaled update under ZeRO too
+    # the scale on the word embeddings' own param group only (lr_batch_scale_params embeddings)
+    "entropy_emb": ("entropy", "local", {"lr_batch_scale": "sqrt", "lr_batch_scale_params": "embeddings"}),
     "lamb": ("loss", "global", {"optimizer": "lamb"}),  # ZeRO stage 0 only
 }
 

@@ -267,6 +267,7 @@ def reference(small_corpus, tmp_path, selection: str, scope: str, extra: dict):
 
 CASES = {"none": ("none", "local", {}), "loss_local": ("loss", "local", {}), "loss_global": ("loss", "global", {}),
          "entropy_local": ("entropy", "local", {"lr_batch_scale": "sqrt"}),
+         "entropy_emb": ("entropy", "local", {"lr_batch_scale": "sqrt", "lr_batch_scale_params": "embeddings"}),
          "lamb": ("loss", "global", {"optimizer": "lamb"})}
 
 

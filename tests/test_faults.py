@@ -486,11 +486,13 @@ def test_resume_refuses_another_model_tokenizer_or_selection(two_checkpoints, sm
 def test_resume_check_ignores_selection_settings_a_baseline_never_uses(micro_cfg, tmp_path):
     from types import SimpleNamespace
 
-    def check(saved_sift, **sift):
+    def check(saved_sift, saved_optim=None, **sift):
         cfg = micro_cfg(**sift)
-        state = {"config": {**cfg.to_dict(), "sift": {**cfg.to_dict()["sift"], **saved_sift}}}
-        me = SimpleNamespace(cfg=cfg, RESUME_MUST_MATCH=Trainer.RESUME_MUST_MATCH,
-                             RESUME_BASELINE_SIFT=Trainer.RESUME_BASELINE_SIFT)
+        optim = {**cfg.to_dict()["optim"], **(saved_optim or {})}
+        state = {"config": {**cfg.to_dict(), "sift": {**cfg.to_dict()["sift"], **saved_sift},
+                            "optim": {k: v for k, v in optim.items() if v is not None}}}
+        me = SimpleNamespace(cfg=cfg, **{k: getattr(Trainer, k) for k in (
+            "RESUME_MUST_MATCH", "RESUME_BASELINE_SIFT", "RESUME_OLD_DEFAULTS")})
         Trainer.check_resumable(me, state, tmp_path / "c.pt")
 
     check({"select_until": 0.3, "keep": 0.25}, selection="none")  # a baseline: neither is used
@@ -499,6 +501,12 @@ def test_resume_check_ignores_selection_settings_a_baseline_never_uses(micro_cfg
                                 ({"selection": "entropy"}, {"selection": "none"}, "selection='entropy'")):
         with pytest.raises(ConfigError, match=re.escape(needle)):
             check(saved, **sift)
+    # the optimizer's param groups: a checkpoint from before lr_batch_scale_params existed holds two groups ("all")
+    check({}, {"lr_batch_scale_params": None}, selection="entropy")  # old checkpoint, this run "all": fine
+    with pytest.raises(ConfigError, match=re.escape("lr_batch_scale_params='all' (this run: 'embeddings')")):
+        check({}, {"lr_batch_scale_params": None}, selection="entropy", lr_batch_scale_params="embeddings")
+    with pytest.raises(ConfigError, match=re.escape("lr_batch_scale_params='embeddings' (this run: 'all')")):
+        check({}, {"lr_batch_scale_params": "embeddings"}, selection="none")
 
 
 def test_resume_without_checkpoint_says_so(micro_cfg, tmp_path, capsys):

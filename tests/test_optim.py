@@ -173,6 +173,47 @@ def test_lr_batch_scale_in_the_loop(micro_cfg, tmp_path, rule, power):
     assert kept == [b] * 3 + [c] * 7
 
 
+def test_lr_batch_scale_params_embeddings_in_the_loop(micro_cfg, tmp_path):
+    """lr_batch_scale_params embeddings: a selection step scales the word embeddings' group only (the tied MLM
+    decoder is the same tensor); every other group keeps the schedule's LR. Plain steps scale nothing."""
+    from sift_fast.train.optim import EMBEDDINGS
+
+    cfg = micro_cfg(lr_warmup_steps=0, log_every=1, eval_every=10**6, checkpoint_every=0, max_steps=10,
+                    lr_batch_scale="sqrt", lr_batch_scale_params="embeddings", select_until=0.3,
+                    out=str(tmp_path / "run"))
+    tr = Trainer(cfg)
+    opt, model = tr.engine.optimizer, tr.engine.module
+    emb = [p for n, p in model.named_parameters() if n.endswith(EMBEDDINGS)]
+    assert len(emb) == 1 and len(opt.param_groups) == 3
+    marked = [g for g in opt.param_groups if g["batch_scale"]]
+    assert len(marked) == 1 and marked[0]["params"] == emb and marked[0]["weight_decay"] == cfg.optim.weight_decay
+    assert sum(len(g["params"]) for g in opt.param_groups) == len([p for p in model.parameters() if p.requires_grad])
+    used, real = [], opt.step
+    opt.step = lambda *a, **k: used.append([g["lr"] for g in opt.param_groups]) or real(*a, **k)
+    tr.run()
+    c, b, lr = cfg.sift.candidates, cfg.sift.backprop_size, cfg.optim.lr
+    for i, lrs in enumerate(used):
+        sched = lr * (1 - i / 10)
+        s = (b / c) ** 0.5 if i / 10 < 0.3 else 1.0
+        want = [sched * s if g["batch_scale"] else sched for g in opt.param_groups]
+        assert lrs == pytest.approx(want, rel=1e-12, abs=1e-15), i
+    assert len(used) == 10
+
+
+def test_lr_batch_scale_params_refusals(micro_cfg):
+    from sift_fast.train.optim import param_groups
+
+    with pytest.raises(ConfigError, match="does nothing with lr_batch_scale none"):
+        OptimConfig(lr_batch_scale="none", lr_batch_scale_params="embeddings")
+    with pytest.raises(ConfigError, match="lr_batch_scale_params"):
+        OptimConfig(lr_batch_scale_params="decoder")
+    with pytest.raises(ConfigError, match="no parameter named"):
+        param_groups(torch.nn.Linear(2, 2), 0.01, "embeddings")
+    lin = torch.nn.Linear(2, 2)
+    assert [len(g["params"]) for g in param_groups(lin, 0.01)] == [1, 1]
+    assert all("batch_scale" not in g for g in param_groups(lin, 0.01))  # "all": the groups of old checkpoints
+
+
 def test_lr_batch_scale_by_hand():
     from sift_fast.train.optim import batch_scale, scale_step_lr
 
@@ -189,6 +230,11 @@ def test_lr_batch_scale_by_hand():
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(2.0)  # the schedule's again, nothing carried over
+    # a group marked batch_scale False is left alone, an unmarked one counts as marked
+    v = torch.nn.Parameter(torch.zeros(2))
+    opt2 = torch.optim.SGD([{"params": [w], "batch_scale": False}, {"params": [v]}], lr=2.0)
+    assert scale_step_lr(opt2, 0.25, "linear") == [2.0, 2.0]
+    assert [g["lr"] for g in opt2.param_groups] == [2.0, 0.5]
     with pytest.raises(ConfigError, match="lr_batch_scale"):
         OptimConfig(lr_batch_scale="cubic")
 

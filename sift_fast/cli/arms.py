@@ -20,20 +20,24 @@ ARMS = ("baseline", "default", "entropy", "loss", "random", "random-free", "sb",
         "anneal-horizon", "auto", "lr", "sample", "noise")
 # the keep schedule and rule of a fixed-keep top-k arm (selecting to the end of the run)
 FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "selection_rule": "topk",
-         "select_until": 1.0, "lr_batch_scale": "none"}
+         "select_until": 1.0, "lr_batch_scale": "none", "lr_batch_scale_params": "all"}
 
 
-# ``until<F>`` / ``until<F>-lr``: the default with select_until F (and the sqrt LR batch scale), e.g. until0.1;
-# results files name the default by this form (default_name), so they stay right when the default changes
-UNTIL = re.compile(r"until(0?\.\d+|1)(-lr)?")
+# ``until<F>`` / ``until<F>-lr`` / ``until<F>-emb``: the default with select_until F (and the sqrt LR batch scale
+# on every parameter / on the word embeddings only), e.g. until0.1; results files name the default by this form
+# (default_name), so they stay right when the default changes
+UNTIL = re.compile(r"until(0?\.\d+|1)(-lr|-emb)?")
+UNTIL_SCALE = {None: ("none", "all"), "-lr": ("sqrt", "all"), "-emb": ("sqrt", "embeddings")}
 
 
 def default_name() -> str:
-    """The trainer's default SIFT as an ``until<F>[-lr]`` arm (what ``default`` is today)."""
-    lr = OptimConfig().lr_batch_scale
-    if lr not in ("none", "sqrt"):
-        raise ConfigError(f"the default lr_batch_scale {lr} has no until<F> arm name")
-    return f"until{SiftConfig().select_until:g}" + ("-lr" if lr == "sqrt" else "")
+    """The trainer's default SIFT as an ``until<F>[-lr|-emb]`` arm (what ``default`` is today)."""
+    o = OptimConfig()
+    suffix = {v: k for k, v in UNTIL_SCALE.items()}.get((o.lr_batch_scale, o.lr_batch_scale_params), "?")
+    if suffix == "?":
+        raise ConfigError(f"the default lr_batch_scale {o.lr_batch_scale} / {o.lr_batch_scale_params} has no "
+                          "until<F> arm name")
+    return f"until{SiftConfig().select_until:g}" + (suffix or "")
 
 
 def is_arm(name: str) -> bool:
@@ -43,11 +47,12 @@ def is_arm(name: str) -> bool:
 
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
     """Overrides that turn ``base`` into arm ``name``; ``anneal`` reaches keep 1.0 at ``anneal_steps``
-    (default: the base's ``max_steps``); ``until<F>[-lr]`` is the default selecting until F of the horizon."""
+    (default: the base's ``max_steps``); ``until<F>[-lr|-emb]`` is the default selecting until F of the horizon."""
     sift, d = base.sift, SiftConfig()
     default = {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
                "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule, "select_until": d.select_until,
-               "lr_batch_scale": OptimConfig().lr_batch_scale}
+               "lr_batch_scale": OptimConfig().lr_batch_scale,
+               "lr_batch_scale_params": OptimConfig().lr_batch_scale_params}
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
         "default": default,
@@ -71,7 +76,9 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
     }
     if name not in ARMS and is_arm(name):
         m = UNTIL.fullmatch(name)
-        return {**default, "select_until": float(m.group(1)), "lr_batch_scale": "sqrt" if m.group(2) else "none"}
+        scale, params = UNTIL_SCALE[m.group(2)]
+        return {**default, "select_until": float(m.group(1)), "lr_batch_scale": scale,
+                "lr_batch_scale_params": params}
     if name not in arms:
-        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}, or until<F>[-lr] (F in (0, 1])")
+        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}, or until<F>[-lr|-emb] (F in (0, 1])")
     return arms[name]

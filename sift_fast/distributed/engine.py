@@ -148,7 +148,8 @@ class DeepSpeedEngine:
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=LossOutputs(model),
             optimizer=client_opt,
-            model_parameters=None if client_opt is not None else param_groups(model, cfg.optim.weight_decay),
+            model_parameters=None if client_opt is not None else param_groups(model, cfg.optim.weight_decay,
+                                                                            cfg.optim.lr_batch_scale_params),
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, cfg.train.max_steps, self.lr_progress),
             config=ds_config,
         )

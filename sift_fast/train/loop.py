@@ -162,13 +162,17 @@ class Trainer:
     # what a resumed run must share with its checkpoint (the rest, e.g. max_steps or lr, may change)
     RESUME_MUST_MATCH = {"model": None, "sift": None,
                          "data": ("corpus", "vocab", "vocab_size", "seq_len", "text_key", "valid_fraction",
-                                  "max_train_tokens", "mask_prob")}
+                                  "max_train_tokens", "mask_prob"),
+                         "optim": ("lr_batch_scale_params",)}  # it changes the optimizer's param groups
+    # the value a key has in a checkpoint written before the key existed
+    RESUME_OLD_DEFAULTS = {"lr_batch_scale_params": "all"}
     # a baseline (selection none on both sides) uses no other selection setting: e.g. a baseline started
     # under another select_until default resumes
     RESUME_BASELINE_SIFT = ("selection", "candidates")
 
     def check_resumable(self, state: dict[str, Any], path: Path) -> None:
-        """A ``ConfigError`` line when the checkpoint's model, tokenizer or selection config differs from this run's."""
+        """A ``ConfigError`` line when the checkpoint's model, tokenizer, selection or optimizer-group config differs
+        from this run's."""
         saved, mine = state.get("config") or {}, self.cfg.to_dict()
         diffs = []
         for section, keys in self.RESUME_MUST_MATCH.items():
@@ -176,8 +180,9 @@ class Trainer:
             if section == "sift" and a.get("selection") == b["selection"] == "none":
                 keys = self.RESUME_BASELINE_SIFT
             for k in keys or b:
-                if k in a and a[k] != b[k]:
-                    diffs.append(f"{k}={a[k]!r} (this run: {b[k]!r})")
+                old = a.get(k, self.RESUME_OLD_DEFAULTS.get(k, b[k])) if a else b[k]
+                if old != b[k]:
+                    diffs.append(f"{k}={old!r} (this run: {b[k]!r})")
         if diffs:
             raise ConfigError(f"--resume: checkpoint {path} was written with {', '.join(diffs[:4])}"
                               f"{' …' if len(diffs) > 4 else ''}; resume with the same model, tokenizer and "

@@ -14,15 +14,30 @@ import torch
 from torch import nn
 
 from sift_fast.config import OptimConfig
+from sift_fast.errors import ConfigError
+
+EMBEDDINGS = "word_embeddings.weight"  # the (tied) word embedding matrix of HF BERT / RoBERTa
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights (1-D parameters)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+def param_groups(model: nn.Module, weight_decay: float, scale_params: str = "all") -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (1-D parameters). ``scale_params`` embeddings
+    (``optim.lr_batch_scale_params``): the word embeddings get a group of their own, the only one marked
+    ``batch_scale`` (:func:`scale_step_lr` scales marked groups; an unmarked group counts as marked)."""
+    decay, no_decay, emb = [], [], []
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if scale_params == "embeddings" and name.endswith(EMBEDDINGS):
+                emb.append(p)
+            else:
+                (no_decay if p.ndim < 2 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if scale_params == "all":
+        return groups
+    if not emb:
+        raise ConfigError(f"lr_batch_scale_params {scale_params}: the model has no parameter named *{EMBEDDINGS}; "
+                          "use --lr-batch-scale-params all")
+    return [{**g, "batch_scale": False} for g in groups] + [
+        {"params": emb, "weight_decay": weight_decay, "batch_scale": True}]
 
 
 class Lamb(torch.optim.Optimizer):
@@ -61,7 +76,7 @@ class Lamb(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, cfg.lr_batch_scale_params)
     betas = (cfg.beta1, cfg.beta2)
     if cfg.optimizer == "lamb":
         if device.type == "cuda":
@@ -99,13 +114,13 @@ def scale_step_lr(optimizer: torch.optim.Optimizer, kept_fraction: float, rule: 
     """Multiply this update's LR by the batch scale; returns the LRs it replaced (None: nothing scaled) for a
     caller whose scheduler does not set the LR afresh. The trainer's LambdaLR writes base LR × factor at its next
     ``step()``, so there the scale touches this update only. A group with a non-numeric lr (Adafactor's
-    relative step: None) is left alone."""
+    relative step: None) is left alone, and so is a group marked ``batch_scale: False`` (:func:`param_groups`)."""
     s = batch_scale(kept_fraction, rule)
     if s == 1.0:
         return None
     saved = [g["lr"] for g in optimizer.param_groups]
     for g in optimizer.param_groups:
-        if isinstance(g["lr"], (float, int, torch.Tensor)):
+        if g.get("batch_scale", True) and isinstance(g["lr"], (float, int, torch.Tensor)):
             g["lr"] = g["lr"] * s
     return saved
 
