@@ -185,6 +185,7 @@ def test_lr_batch_scale_params_embeddings_in_the_loop(micro_cfg, tmp_path):
     opt, model = tr.engine.optimizer, tr.engine.module
     emb = [p for n, p in model.named_parameters() if n.endswith(EMBEDDINGS)]
     assert len(emb) == 1 and len(opt.param_groups) == 3
+    assert model.hf.get_output_embeddings().weight is emb[0]  # tied: the decoder is the same tensor
     marked = [g for g in opt.param_groups if g["batch_scale"]]
     assert len(marked) == 1 and marked[0]["params"] == emb and marked[0]["weight_decay"] == cfg.optim.weight_decay
     assert sum(len(g["params"]) for g in opt.param_groups) == len([p for p in model.parameters() if p.requires_grad])
@@ -209,6 +210,14 @@ def test_lr_batch_scale_params_refusals(micro_cfg):
         OptimConfig(lr_batch_scale_params="decoder")
     with pytest.raises(ConfigError, match="no parameter named"):
         param_groups(torch.nn.Linear(2, 2), 0.01, "embeddings")
+    # an untied decoder (tie_word_embeddings false) joins the embeddings' group
+    from transformers import BertConfig, BertForMaskedLM
+
+    untied = BertForMaskedLM(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                        intermediate_size=8, tie_word_embeddings=False))
+    scaled = param_groups(untied, 0.01, "embeddings")[-1]["params"]
+    want = {id(untied.bert.embeddings.word_embeddings.weight), id(untied.get_output_embeddings().weight)}
+    assert len(want) == 2 and {id(p) for p in scaled} == want
     lin = torch.nn.Linear(2, 2)
     assert [len(g["params"]) for g in param_groups(lin, 0.01)] == [1, 1]
     assert all("batch_scale" not in g for g in param_groups(lin, 0.01))  # "all": the groups of old checkpoints

@@ -32,12 +32,11 @@ UNTIL_SCALE = {None: ("none", "all"), "-lr": ("sqrt", "all"), "-emb": ("sqrt", "
 
 def default_name() -> str:
     """The trainer's default SIFT as an ``until<F>[-lr|-emb]`` arm (what ``default`` is today)."""
-    o = OptimConfig()
-    suffix = {v: k for k, v in UNTIL_SCALE.items()}.get((o.lr_batch_scale, o.lr_batch_scale_params), "?")
-    if suffix == "?":
+    o, by_scale = OptimConfig(), {v: k for k, v in UNTIL_SCALE.items()}
+    if (o.lr_batch_scale, o.lr_batch_scale_params) not in by_scale:
         raise ConfigError(f"the default lr_batch_scale {o.lr_batch_scale} / {o.lr_batch_scale_params} has no "
                           "until<F> arm name")
-    return f"until{SiftConfig().select_until:g}" + (suffix or "")
+    return f"until{SiftConfig().select_until:g}" + (by_scale[(o.lr_batch_scale, o.lr_batch_scale_params)] or "")
 
 
 def is_arm(name: str) -> bool:

@@ -185,8 +185,8 @@ class Trainer:
                     diffs.append(f"{k}={old!r} (this run: {b[k]!r})")
         if diffs:
             raise ConfigError(f"--resume: checkpoint {path} was written with {', '.join(diffs[:4])}"
-                              f"{' …' if len(diffs) > 4 else ''}; resume with the same model, tokenizer and "
-                              "selection settings, or use a new --out")
+                              f"{' …' if len(diffs) > 4 else ''}; resume with the same model, tokenizer, "
+                              "selection and --lr-batch-scale-params settings, or use a new --out")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.train_time = state["step"], state["train_time"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -16,13 +16,17 @@ from torch import nn
 from sift_fast.config import OptimConfig
 from sift_fast.errors import ConfigError
 
-EMBEDDINGS = "word_embeddings.weight"  # the (tied) word embedding matrix of HF BERT / RoBERTa
+# the word embedding matrix of HF BERT / RoBERTa and the MLM decoder matrix (the same tensor when tied, the default:
+# named_parameters yields it once; an --init-from model with tie_word_embeddings false has both)
+EMBEDDINGS = ("word_embeddings.weight", "predictions.decoder.weight")
 
 
-def param_groups(model: nn.Module, weight_decay: float, scale_params: str = "all") -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float,
+                 scale_params: Literal["all", "embeddings"] = "all") -> list[dict]:
     """No weight decay on biases and LayerNorm weights (1-D parameters). ``scale_params`` embeddings
-    (``optim.lr_batch_scale_params``): the word embeddings get a group of their own, the only one marked
-    ``batch_scale`` (:func:`scale_step_lr` scales marked groups; an unmarked group counts as marked)."""
+    (``optim.lr_batch_scale_params``): the word embeddings (and an untied decoder matrix) get a group of their
+    own, the only one marked ``batch_scale`` (:func:`scale_step_lr` scales marked groups; an unmarked group
+    counts as marked)."""
     decay, no_decay, emb = [], [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -34,7 +38,7 @@ def param_groups(model: nn.Module, weight_decay: float, scale_params: str = "all
     if scale_params == "all":
         return groups
     if not emb:
-        raise ConfigError(f"lr_batch_scale_params {scale_params}: the model has no parameter named *{EMBEDDINGS}; "
+        raise ConfigError(f"lr_batch_scale_params {scale_params}: the model has no parameter named *{EMBEDDINGS[0]}; "
                           "use --lr-batch-scale-params all")
     return [{**g, "batch_scale": False} for g in groups] + [
         {"params": emb, "weight_decay": weight_decay, "batch_scale": True}]
