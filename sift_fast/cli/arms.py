@@ -47,11 +47,10 @@ def is_arm(name: str) -> bool:
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
     """Overrides that turn ``base`` into arm ``name``; ``anneal`` reaches keep 1.0 at ``anneal_steps``
     (default: the base's ``max_steps``); ``until<F>[-lr|-emb]`` is the default selecting until F of the horizon."""
-    sift, d = base.sift, SiftConfig()
+    sift, d, o = base.sift, SiftConfig(), OptimConfig()
     default = {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
                "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule, "select_until": d.select_until,
-               "lr_batch_scale": OptimConfig().lr_batch_scale,
-               "lr_batch_scale_params": OptimConfig().lr_batch_scale_params}
+               "lr_batch_scale": o.lr_batch_scale, "lr_batch_scale_params": o.lr_batch_scale_params}
     arms: dict[str, dict[str, Any]] = {
         "baseline": {"selection": "none"},
         "default": default,
