@@ -19,7 +19,7 @@ ARMS = ("baseline", "entropy", "random", "anneal", "anneal-horizon", "lr", "samp
 
 
 def ordered(arms) -> list[str]:
-    """The arms present, in ``ARMS`` order, then the ``until<F>[-lr|-emb]`` ones sorted."""
+    """The arms present, in ``ARMS`` order, then the ``until<F>[-lr|-lr4|-emb]`` ones sorted."""
     return [a for a in ARMS if a in arms] + sorted(a for a in arms if a not in ARMS)
 
 

@@ -31,7 +31,8 @@ def test_until_arms_are_the_default_with_another_switch_point():
     base = build_config({"preset": "proxy-12"})
     emb = base.replace(lr_batch_scale="sqrt", lr_batch_scale_params="embeddings")  # arms must not inherit it
     for name, until, scale, params in (("until0.1", 0.1, "none", "all"), ("until.25-lr", 0.25, "sqrt", "all"),
-                                       ("until1", 1.0, "none", "all"), ("until0.1-emb", 0.1, "sqrt", "embeddings")):
+                                       ("until1", 1.0, "none", "all"), ("until0.1-emb", 0.1, "sqrt", "embeddings"),
+                                       ("until0.1-lr4", 0.1, "fourth-root", "all")):
         for b in (base, emb):
             c = b.replace(**arm_overrides(name, b))
             assert (c.sift.selection, c.sift.select_until, c.optim.lr_batch_scale,
@@ -39,7 +40,8 @@ def test_until_arms_are_the_default_with_another_switch_point():
         assert is_arm(name)
     for arm in ("entropy", "lr", "default"):
         assert emb.replace(**arm_overrides(arm, emb)).optim.lr_batch_scale_params == "all", arm
-    for bad in ("until0", "until0.0", "until.00", "until1.5", "until-0.1", "until0.1-x", "until0.1-lr-emb", "untilx"):
+    for bad in ("until0", "until0.0", "until.00", "until1.5", "until-0.1", "until0.1-x", "until0.1-lr-emb",
+                "until0.1-lr2", "untilx"):
         assert not is_arm(bad)
         with pytest.raises(ConfigError, match="unknown arm"):
             arm_overrides(bad, base)
