@@ -388,7 +388,8 @@ def test_lr_batch_scale_hooks_an_optimizer_once_and_skips_a_placeholder(tok, lin
     model = micro_model(tok)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     kw = dict(args=targs(tmp_path), train_dataset=examples(tok, lines),
-              data_collator=T.DataCollatorForLanguageModeling(tok), sift_args=SiftArguments(keep=0.25))
+              data_collator=T.DataCollatorForLanguageModeling(tok),
+              sift_args=SiftArguments(keep=0.25, lr_batch_scale="sqrt"))
     a, b = (SiftTrainer(model=model, optimizers=(opt, None), **kw) for _ in range(2))
     a.create_optimizer(), b.create_optimizer(), a.create_optimizer()
     a.sift_step_kept_fraction = b.sift_step_kept_fraction = 0.25
