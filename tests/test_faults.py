@@ -492,7 +492,7 @@ def test_resume_check_ignores_selection_settings_a_baseline_never_uses(micro_cfg
         state = {"config": {**cfg.to_dict(), "sift": {**cfg.to_dict()["sift"], **saved_sift},
                             "optim": {k: v for k, v in optim.items() if v is not None}}}
         me = SimpleNamespace(cfg=cfg, **{k: getattr(Trainer, k) for k in (
-            "RESUME_MUST_MATCH", "RESUME_BASELINE_SIFT", "RESUME_OLD_DEFAULTS")})
+            "RESUME_MUST_MATCH", "RESUME_BASELINE_SIFT", "RESUME_OLD_DEFAULTS", "RESUME_BASELINE_SKIPS")})
         Trainer.check_resumable(me, state, tmp_path / "c.pt")
 
     check({"select_until": 0.3, "keep": 0.25}, selection="none")  # a baseline: neither is used
@@ -507,6 +507,14 @@ def test_resume_check_ignores_selection_settings_a_baseline_never_uses(micro_cfg
         check({}, {"lr_batch_scale_params": None}, selection="entropy", lr_batch_scale_params="embeddings")
     with pytest.raises(ConfigError, match=re.escape("lr_batch_scale_params='embeddings' (this run: 'all')")):
         check({}, {"lr_batch_scale_params": "embeddings"}, selection="none")
+    # a selection step's LR rule: a checkpoint of the previous default (sqrt) does not silently resume under
+    # fourth-root, nor one from before the key existed (no scale) under any scale; a baseline never uses it
+    with pytest.raises(ConfigError, match=re.escape("lr_batch_scale='sqrt' (this run: 'fourth-root')")):
+        check({}, {"lr_batch_scale": "sqrt"}, selection="entropy", lr_batch_scale="fourth-root")
+    with pytest.raises(ConfigError, match=re.escape("lr_batch_scale='none' (this run: 'sqrt')")):
+        check({}, {"lr_batch_scale": None}, selection="entropy", lr_batch_scale="sqrt")
+    check({}, {"lr_batch_scale": "sqrt"}, selection="entropy", lr_batch_scale="sqrt")
+    check({}, {"lr_batch_scale": "sqrt"}, selection="none", lr_batch_scale="fourth-root")
 
 
 def test_resume_without_checkpoint_says_so(micro_cfg, tmp_path, capsys):

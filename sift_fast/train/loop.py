@@ -163,30 +163,35 @@ class Trainer:
     RESUME_MUST_MATCH = {"model": None, "sift": None,
                          "data": ("corpus", "vocab", "vocab_size", "seq_len", "text_key", "valid_fraction",
                                   "max_train_tokens", "mask_prob"),
-                         "optim": ("lr_batch_scale_params",)}  # it changes the optimizer's param groups
+                         # the param groups; a selection step's LR rule (a changed default must not switch it mid-run)
+                         "optim": ("lr_batch_scale_params", "lr_batch_scale")}
     # the value a key has in a checkpoint written before the key existed
-    RESUME_OLD_DEFAULTS = {"lr_batch_scale_params": "all"}
+    RESUME_OLD_DEFAULTS = {"lr_batch_scale_params": "all", "lr_batch_scale": "none"}
     # a baseline (selection none on both sides) uses no other selection setting: e.g. a baseline started
-    # under another select_until default resumes
+    # under another select_until or lr_batch_scale default resumes
     RESUME_BASELINE_SIFT = ("selection", "candidates")
+    RESUME_BASELINE_SKIPS = ("lr_batch_scale",)
 
     def check_resumable(self, state: dict[str, Any], path: Path) -> None:
-        """A ``ConfigError`` line when the checkpoint's model, tokenizer, selection or optimizer-group config differs
-        from this run's."""
+        """A ``ConfigError`` line when the checkpoint's model, tokenizer, selection or LR-scale / param-group
+        config differs from this run's."""
         saved, mine = state.get("config") or {}, self.cfg.to_dict()
         diffs = []
+        baseline = (saved.get("sift") or {}).get("selection") == mine["sift"]["selection"] == "none"
         for section, keys in self.RESUME_MUST_MATCH.items():
             a, b = saved.get(section) or {}, mine[section]
-            if section == "sift" and a.get("selection") == b["selection"] == "none":
+            if section == "sift" and baseline:
                 keys = self.RESUME_BASELINE_SIFT
             for k in keys or b:
+                if baseline and k in self.RESUME_BASELINE_SKIPS:
+                    continue
                 old = a.get(k, self.RESUME_OLD_DEFAULTS.get(k, b[k])) if a else b[k]
                 if old != b[k]:
                     diffs.append(f"{k}={old!r} (this run: {b[k]!r})")
         if diffs:
             raise ConfigError(f"--resume: checkpoint {path} was written with {', '.join(diffs[:4])}"
                               f"{' …' if len(diffs) > 4 else ''}; resume with the same model, tokenizer, "
-                              "selection and --lr-batch-scale-params settings, or use a new --out")
+                              "selection and --lr-batch-scale(-params) settings, or use a new --out")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.train_time = state["step"], state["train_time"]
