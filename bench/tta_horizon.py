@@ -24,7 +24,7 @@ fraction F of the run's horizon (the LR decay's), then plain full-batch steps wi
 ``until<F>-lr`` also scales a selection step's LR by √(kept/candidates) (``--lr-batch-scale sqrt``),
 ``until<F>-lr4`` by (kept/candidates)^(1/4) (``--lr-batch-scale fourth-root``), ``until<F>-emb`` only the
 word embeddings' by the square root (``--lr-batch-scale-params embeddings``). A job of arm ``default`` runs as
-the default's own ``until<F>[-lr|-lr4|-emb]`` name (``until0.1-lr4`` today: what ``sift-pretrain`` does with
+the default's own ``until<F>[-lr|-lr4|-emb]`` name (``until0.1-lr`` today: what ``sift-pretrain`` does with
 no selection flag), so a report never mixes two defaults. ``entropy`` and the other fixed-keep
 arms pin ``select_until`` to 1 (select to the end).
 

@@ -228,7 +228,7 @@ class OptimConfig:
         "steps = max_steps only; budget = the time budget only (time_budget_s on --clock)")
     min_lr_ratio: float = opt(0.0, "final LR as a fraction of the peak")
     lr_batch_scale: Literal["none", "fourth-root", "sqrt", "linear"] = opt(
-        "fourth-root", "scale the LR of a step by (backprop size / candidates)^p: none (p = 0), fourth-root (p = 1/4, "
+        "sqrt", "scale the LR of a step by (backprop size / candidates)^p: none (p = 0), fourth-root (p = 1/4, "
         "half the square-root rule's cut in log terms), sqrt (p = 1/2, Adam's square-root rule for the smaller batch), "
         "linear (p = 1); plain full-batch steps keep the schedule's LR")
     lr_batch_scale_params: Literal["all", "embeddings"] = opt(

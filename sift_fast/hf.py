@@ -16,7 +16,7 @@ every kept token of the accumulation window (across ranks with ``average_tokens_
 Evaluation and prediction run the stock Trainer code. Schedule fields (warmup, anneal, interrupt) count
 optimizer steps (``state.global_step``). The selector state (RNG, automatic exit layer) is saved in each
 checkpoint folder (``sift_state_rankNNNNN.pt``) and restored by ``train(resume_from_checkpoint=...)``.
-The SIFT fields appear in the log history under ``sift/``. ``lr_batch_scale`` (default fourth-root, as the CLI):
+The SIFT fields appear in the log history under ``sift/``. ``lr_batch_scale`` (default sqrt, as the CLI):
 the optimizer step of a window whose plan keeps the fraction f of its candidates runs at LR × f^p (a
 step hook on the Trainer's optimizer; the schedule's LR is restored after the update).
 

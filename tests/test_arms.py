@@ -16,7 +16,7 @@ def test_default_arm_is_the_trainers_default_and_fixed_arms_pin_their_schedule()
     from sift_fast.cli.arms import default_name
 
     named = base.replace(**arm_overrides(default_name(), base))  # the default by its explicit name
-    assert (named.sift, named.optim) == (plain.sift, plain.optim) and default_name() == "until0.1-lr4"
+    assert (named.sift, named.optim) == (plain.sift, plain.optim) and default_name() == "until0.1-lr"
     for arm in ("entropy", "random", "lr", "sample", "noise"):
         c = base.replace(**arm_overrides(arm, base))
         assert (c.sift.select_until, c.optim.lr_batch_scale, c.sift.anneal_horizon) == (1.0, "none", 0.0), arm
