@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from horizon_report import ARMS, analyse, known, render, render_plot, verdict  # noqa: E402
 from time_to_accuracy import arm_config, base_config, machine, read_evals, run_one  # noqa: E402
 
-from sift_fast.cli.arms import default_name  # noqa: E402
+from sift_fast.cli.arms import UNTIL_FORM, default_name  # noqa: E402
 from sift_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 PROSE = Path(os.environ.get("SIFT_PROSE_CORPUS", Path.home() / ".cache/sift_fast/prose/debian-docs-prose.txt"))
@@ -276,7 +276,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parts = j.split(":")
         if len(parts) != 3 or parts[0] not in CONFIGS or not known(parts[1]) or not parts[2].isdigit():
             p.error(f"bad job {j!r}: CONFIG:ARM:SEED with CONFIG in {', '.join(CONFIGS)}, ARM in {', '.join(ARMS)} "
-                    "or until<F>[-lr|-lr4|-emb]")
+                    f"or {UNTIL_FORM}")
     return args
 
 

@@ -492,7 +492,7 @@ def test_resume_check_ignores_selection_settings_a_baseline_never_uses(micro_cfg
         state = {"config": {**cfg.to_dict(), "sift": {**cfg.to_dict()["sift"], **saved_sift},
                             "optim": {k: v for k, v in optim.items() if v is not None}}}
         me = SimpleNamespace(cfg=cfg, **{k: getattr(Trainer, k) for k in (
-            "RESUME_MUST_MATCH", "RESUME_BASELINE_SIFT", "RESUME_OLD_DEFAULTS", "RESUME_BASELINE_SKIPS")})
+            "RESUME_MUST_MATCH", "RESUME_BASELINE", "RESUME_OLD_DEFAULTS")})
         Trainer.check_resumable(me, state, tmp_path / "c.pt")
 
     check({"select_until": 0.3, "keep": 0.25}, selection="none")  # a baseline: neither is used

@@ -27,9 +27,11 @@ FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "sele
 # LR batch scale on every parameter / the fourth-root one on every parameter / the sqrt one on the word embeddings
 # only), e.g. until0.1; results files name the default by this form
 # (default_name), so they stay right when the default changes
-UNTIL = re.compile(r"until(0?\.\d+|1)(-lr4|-lr|-emb)?")
 UNTIL_SCALE = {None: ("none", "all"), "-lr": ("sqrt", "all"), "-lr4": ("fourth-root", "all"),
                "-emb": ("sqrt", "embeddings")}
+_SUFFIXES = "|".join(k for k in UNTIL_SCALE if k)
+UNTIL = re.compile(rf"until(0?\.\d+|1)({_SUFFIXES})?")  # fullmatch: the alternatives' order does not matter
+UNTIL_FORM = f"until<F>[{_SUFFIXES}]"  # how messages name the form
 
 
 def default_name() -> str:
@@ -80,6 +82,5 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
         return {**default, "select_until": float(m.group(1)), "lr_batch_scale": scale,
                 "lr_batch_scale_params": params}
     if name not in arms:
-        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}, "
-                          "or until<F>[-lr|-lr4|-emb] (F in (0, 1])")
+        raise ConfigError(f"unknown arm {name!r}; choose from {', '.join(ARMS)}, or {UNTIL_FORM} (F in (0, 1])")
     return arms[name]

@@ -167,10 +167,9 @@ class Trainer:
                          "optim": ("lr_batch_scale_params", "lr_batch_scale")}
     # the value a key has in a checkpoint written before the key existed
     RESUME_OLD_DEFAULTS = {"lr_batch_scale_params": "all", "lr_batch_scale": "none"}
-    # a baseline (selection none on both sides) uses no other selection setting: e.g. a baseline started
-    # under another select_until or lr_batch_scale default resumes
-    RESUME_BASELINE_SIFT = ("selection", "candidates")
-    RESUME_BASELINE_SKIPS = ("lr_batch_scale",)
+    # what a baseline (selection none on both sides) checks instead, per section: it uses no other selection
+    # setting, so e.g. a baseline started under another select_until or lr_batch_scale default resumes
+    RESUME_BASELINE = {"sift": ("selection", "candidates"), "optim": ("lr_batch_scale_params",)}
 
     def check_resumable(self, state: dict[str, Any], path: Path) -> None:
         """A ``ConfigError`` line when the checkpoint's model, tokenizer, selection or LR-scale / param-group
@@ -180,11 +179,9 @@ class Trainer:
         baseline = (saved.get("sift") or {}).get("selection") == mine["sift"]["selection"] == "none"
         for section, keys in self.RESUME_MUST_MATCH.items():
             a, b = saved.get(section) or {}, mine[section]
-            if section == "sift" and baseline:
-                keys = self.RESUME_BASELINE_SIFT
+            if baseline:
+                keys = self.RESUME_BASELINE.get(section, keys)
             for k in keys or b:
-                if baseline and k in self.RESUME_BASELINE_SKIPS:
-                    continue
                 old = a.get(k, self.RESUME_OLD_DEFAULTS.get(k, b[k])) if a else b[k]
                 if old != b[k]:
                     diffs.append(f"{k}={old!r} (this run: {b[k]!r})")
