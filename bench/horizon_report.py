@@ -19,7 +19,7 @@ ARMS = ("baseline", "entropy", "random", "anneal", "anneal-horizon", "lr", "samp
 
 
 def ordered(arms) -> list[str]:
-    """The arms present, in ``ARMS`` order, then the ``until<F>[-lr|-lr4|-emb]`` ones sorted."""
+    """The arms present, in ``ARMS`` order, then the ``until<F>[-lr|…]`` ones sorted."""
     return [a for a in ARMS if a in arms] + sorted(a for a in arms if a not in ARMS)
 
 
@@ -217,8 +217,8 @@ def render(name: str, rep: dict[str, Any]) -> str:
              f"steps; train split {meta.get('train_sequences', '?')} sequences of {meta.get('seq_len', 128)}. "
              f"Machine: {meta['machine']}. Ratios are arm ÷ baseline of the same seed; mean ± sd over seeds. "
              f"The trainer's default SIFT is `{default_name()}` (`until<F>`: entropy selection for the first F of "
-             "the horizon, then plain steps; `-lr`: selection steps' LR × √keep; `-lr4`: × keep^¼; `-emb`: the "
-             "√keep scale on the word embeddings only).", "",
+             "the horizon, then plain steps; `-lr`: selection steps' LR × √keep; `-lr4`: × keep^¼; `-lr38`: × "
+             "keep^⅜; `-emb`: the √keep scale on the word embeddings only).", "",
              "| arm | seeds | s/step | final val loss | final acc | " +
              " | ".join(f"loss@{int(f * 100)}%" for f in FRACTIONS) + " | " +
              " | ".join(f"acc {k[4:]}×best" for k in a["levels"]) + " | worst loss excess past 10% | final ‖W‖ / ‖E‖ |",

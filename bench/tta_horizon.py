@@ -22,9 +22,10 @@ gradient noise scale grows, ``sift_fast/train/noise.py``).
 ``until<F>`` is the trainer's default schedule with ``select_until`` F: the ``entropy`` arm for the first
 fraction F of the run's horizon (the LR decay's), then plain full-batch steps with no scoring pass;
 ``until<F>-lr`` also scales a selection step's LR by √(kept/candidates) (``--lr-batch-scale sqrt``),
-``until<F>-lr4`` by (kept/candidates)^(1/4) (``--lr-batch-scale fourth-root``), ``until<F>-emb`` only the
+``until<F>-lr4`` by (kept/candidates)^(1/4) (``--lr-batch-scale fourth-root``), ``until<F>-lr38`` by the
+power 3/8 (``--lr-batch-scale three-eighths``), ``until<F>-emb`` only the
 word embeddings' by the square root (``--lr-batch-scale-params embeddings``). A job of arm ``default`` runs as
-the default's own ``until<F>[-lr|-lr4|-emb]`` name (``until0.1-lr`` today: what ``sift-pretrain`` does with
+the default's own ``until<F>[-lr|…]`` name (``until0.1-lr`` today: what ``sift-pretrain`` does with
 no selection flag), so a report never mixes two defaults. ``entropy`` and the other fixed-keep
 arms pin ``select_until`` to 1 (select to the end).
 
@@ -269,7 +270,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--report-only", action="store_true")
     args = p.parse_args(argv)
-    # a job of arm "default" runs under the default's explicit name (until<F>[-lr|-lr4|-emb]): results stay right
+    # a job of arm "default" runs under the default's explicit name (until<F>[-lr|…]): results stay right
     # when it changes
     args.jobs = [j.replace(":default:", f":{default_name()}:") for j in args.jobs.split(",") if j.strip()]
     for j in args.jobs:

@@ -227,10 +227,10 @@ class OptimConfig:
         "auto", "what the LR decay spans: auto = whichever of max_steps and the time budget ends the run first; "
         "steps = max_steps only; budget = the time budget only (time_budget_s on --clock)")
     min_lr_ratio: float = opt(0.0, "final LR as a fraction of the peak")
-    lr_batch_scale: Literal["none", "fourth-root", "sqrt", "linear"] = opt(
+    lr_batch_scale: Literal["none", "fourth-root", "three-eighths", "sqrt", "linear"] = opt(
         "sqrt", "scale the LR of a step by (backprop size / candidates)^p: none (p = 0), fourth-root (p = 1/4, "
-        "half the square-root rule's cut in log terms), sqrt (p = 1/2, Adam's square-root rule for the smaller batch), "
-        "linear (p = 1); plain full-batch steps keep the schedule's LR")
+        "half the square-root rule's cut in log terms), three-eighths (p = 3/8, between the two), sqrt (p = 1/2, "
+        "Adam's square-root rule for the smaller batch), linear (p = 1); plain full-batch steps keep the schedule's LR")
     lr_batch_scale_params: Literal["all", "embeddings"] = opt(
         "all", "which parameters lr_batch_scale scales: all, or only the word embeddings (tied to the MLM "
         "decoder: the weights that grew most under full-LR selection), the rest at the schedule's LR")
@@ -245,7 +245,7 @@ class OptimConfig:
             raise ConfigError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
         if self.lr_batch_scale_params != "all" and self.lr_batch_scale == "none":
             raise ConfigError(f"lr_batch_scale_params {self.lr_batch_scale_params} does nothing with lr_batch_scale "
-                              "none; set --lr-batch-scale sqrt (or fourth-root, linear), or drop "
+                              "none; set --lr-batch-scale sqrt (or fourth-root, three-eighths, linear), or drop "
                               "--lr-batch-scale-params")
 
 

@@ -83,7 +83,7 @@ class SiftArguments:
     exit_auto_overlap: float = _arg("exit_auto_overlap")
     selection_rule: Literal["topk", "sample"] = _arg("selection_rule")  # parsed so that 'sample' is refused
     adaptive_keep: Literal["off", "noise"] = _arg("adaptive_keep")  # in one line, not as an unknown flag
-    lr_batch_scale: Literal["none", "fourth-root", "sqrt", "linear"] = field(
+    lr_batch_scale: Literal["none", "fourth-root", "three-eighths", "sqrt", "linear"] = field(
         default=_LR_SCALE.default, metadata={"help": _LR_SCALE.metadata["help"] + " (the CLI's --lr-batch-scale)"})
 
     def __post_init__(self) -> None:

@@ -32,7 +32,8 @@ def test_until_arms_are_the_default_with_another_switch_point():
     emb = base.replace(lr_batch_scale="sqrt", lr_batch_scale_params="embeddings")  # arms must not inherit it
     for name, until, scale, params in (("until0.1", 0.1, "none", "all"), ("until.25-lr", 0.25, "sqrt", "all"),
                                        ("until1", 1.0, "none", "all"), ("until0.1-emb", 0.1, "sqrt", "embeddings"),
-                                       ("until0.1-lr4", 0.1, "fourth-root", "all")):
+                                       ("until0.1-lr4", 0.1, "fourth-root", "all"),
+                                       ("until0.07-lr38", 0.07, "three-eighths", "all")):
         for b in (base, emb):
             c = b.replace(**arm_overrides(name, b))
             assert (c.sift.selection, c.sift.select_until, c.optim.lr_batch_scale,

@@ -349,7 +349,8 @@ def test_sift_arguments_parse_beside_training_arguments(tmp_path):
         ("loss", 2, 10, 5, 3)
 
 
-@pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("none", 0.0), ("fourth-root", 0.25), ("linear", 1.0)])
+@pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("none", 0.0), ("fourth-root", 0.25),
+                                        ("three-eighths", 0.375), ("linear", 1.0)])
 def test_lr_batch_scale_scales_the_selection_steps_update(tok, lines, tmp_path, rule, power):
     """The LR each optimizer step really uses: the linear schedule's 1e-3 × (1 − i/4), × keep^p while selecting
     (select_until 0.5: steps 0 and 1 of 4), the schedule's own after; the schedule's LR is back after each step."""
@@ -375,7 +376,8 @@ def test_lr_batch_scale_scales_the_selection_steps_update(tok, lines, tmp_path, 
 
 
 def test_lr_batch_scale_bad_value_is_one_line():
-    with pytest.raises(ConfigError, match="--lr_batch_scale cube: use one of none, fourth-root, sqrt, linear"):
+    with pytest.raises(ConfigError, match="--lr_batch_scale cube: use one of none, fourth-root, three-eighths, sqrt, "
+                       "linear"):
         SiftArguments(lr_batch_scale="cube")
 
 

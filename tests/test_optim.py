@@ -153,7 +153,8 @@ def test_select_until_in_the_loop(micro_cfg, tmp_path, monkeypatch, budget, over
     assert len(selecting) in (len(calls), len(calls) - 1) and len(selecting) == (2 if budget else 1)
 
 
-@pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("fourth-root", 0.25), ("linear", 1.0), ("none", 0.0)])
+@pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("fourth-root", 0.25), ("three-eighths", 0.375),
+                                        ("linear", 1.0), ("none", 0.0)])
 def test_lr_batch_scale_in_the_loop(micro_cfg, tmp_path, rule, power):
     """lr_batch_scale: the update of a selection step uses the schedule's LR × (b / C)^p, a plain step's the
     schedule's own. By steps (10, no warmup, linear decay) update i (0-based) uses lr·(1 - i/10)·s_i, and

@@ -23,19 +23,19 @@ FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "sele
          "select_until": 1.0, "lr_batch_scale": "none", "lr_batch_scale_params": "all"}
 
 
-# ``until<F>`` / ``until<F>-lr`` / ``until<F>-lr4`` / ``until<F>-emb``: the default with select_until F (and the sqrt
-# LR batch scale on every parameter / the fourth-root one on every parameter / the sqrt one on the word embeddings
-# only), e.g. until0.1; results files name the default by this form
+# ``until<F>`` / ``until<F>-lr`` / ``until<F>-lr4`` / ``until<F>-lr38`` / ``until<F>-emb``: the default with
+# select_until F (and the LR batch scale on every parameter: sqrt / fourth-root / three-eighths; or the sqrt one on
+# the word embeddings only), e.g. until0.1; results files name the default by this form
 # (default_name), so they stay right when the default changes
 UNTIL_SCALE = {None: ("none", "all"), "-lr": ("sqrt", "all"), "-lr4": ("fourth-root", "all"),
-               "-emb": ("sqrt", "embeddings")}
+               "-lr38": ("three-eighths", "all"), "-emb": ("sqrt", "embeddings")}
 _SUFFIXES = "|".join(k for k in UNTIL_SCALE if k)
 UNTIL = re.compile(rf"until(0?\.\d+|1)({_SUFFIXES})?")  # fullmatch: the alternatives' order does not matter
 UNTIL_FORM = f"until<F>[{_SUFFIXES}]"  # how messages name the form
 
 
 def default_name() -> str:
-    """The trainer's default SIFT as an ``until<F>[-lr|-lr4|-emb]`` arm (what ``default`` is today)."""
+    """The trainer's default SIFT as an ``until<F>[-lr|-lr4|-lr38|-emb]`` arm (what ``default`` is today)."""
     o, by_scale = OptimConfig(), {v: k for k, v in UNTIL_SCALE.items()}
     if (o.lr_batch_scale, o.lr_batch_scale_params) not in by_scale:
         raise ConfigError(f"the default lr_batch_scale {o.lr_batch_scale} / {o.lr_batch_scale_params} has no "
@@ -50,7 +50,7 @@ def is_arm(name: str) -> bool:
 
 def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -> dict[str, Any]:
     """Overrides that turn ``base`` into arm ``name``; ``anneal`` reaches keep 1.0 at ``anneal_steps``
-    (default: the base's ``max_steps``); ``until<F>[-lr|-lr4|-emb]`` is the default selecting until F of the horizon."""
+    (default: the base's ``max_steps``); ``until<F>[-lr|…]`` is the default selecting until F of the horizon."""
     sift, d, o = base.sift, SiftConfig(), OptimConfig()
     default = {"selection": d.selection, "adaptive_keep": d.adaptive_keep, "anneal_until": d.anneal_until,
                "anneal_horizon": d.anneal_horizon, "selection_rule": d.selection_rule, "select_until": d.select_until,

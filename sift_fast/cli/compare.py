@@ -108,7 +108,7 @@ def one_seed_note(cfg: Config) -> str:
 def _suite_cells(suite: str, rep: dict[str, Any]) -> list[str]:
     arms, budget = rep["analysis"]["arms"], rep["meta"]["budget_s"]
     cells = []
-    for arm in (default_name(), "entropy"):  # the suites name the default by its until<F>[-lr|-lr4|-emb] arm
+    for arm in (default_name(), "entropy"):  # the suites name the default by its until<F>[-lr|…] arm
         eq = arms.get(arm, {}).get("equal_time", {})
         parts = [f"{m:.3f}" + (f" ± {sd:.3f}" if sd else "") + f" @{float(f):.0%}" for f in ("0.25", "1")
                  for m, sd in [eq.get(f"val_loss@{f}") or (None, None)] if m is not None]

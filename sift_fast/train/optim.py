@@ -106,7 +106,7 @@ class LrProgress:
         self.kept_fraction = 1.0
 
 
-BATCH_SCALE_POWER = {"none": 0.0, "fourth-root": 0.25, "sqrt": 0.5, "linear": 1.0}
+BATCH_SCALE_POWER = {"none": 0.0, "fourth-root": 0.25, "three-eighths": 0.375, "sqrt": 0.5, "linear": 1.0}
 
 
 def batch_scale(kept_fraction: float, rule: str) -> float:
