@@ -35,7 +35,7 @@ UNTIL_FORM = f"until<F>[{_SUFFIXES}]"  # how messages name the form
 
 
 def default_name() -> str:
-    """The trainer's default SIFT as an ``until<F>[-lr|-lr4|-lr38|-emb]`` arm (what ``default`` is today)."""
+    """The trainer's default SIFT (what ``default`` is today) as an ``until<F>[-lr|…]`` arm (``UNTIL_SCALE``)."""
     o, by_scale = OptimConfig(), {v: k for k, v in UNTIL_SCALE.items()}
     if (o.lr_batch_scale, o.lr_batch_scale_params) not in by_scale:
         raise ConfigError(f"the default lr_batch_scale {o.lr_batch_scale} / {o.lr_batch_scale_params} has no "
