@@ -153,7 +153,8 @@ def run_jobs(args: argparse.Namespace) -> None:
 
 
 def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, Any]]:
-    """Finished runs of configuration ``name``: this session's run dirs, then the committed report's."""
+    """Finished runs of configuration ``name``: this session's run dirs, then the committed report's; each arm's
+    seeds in ascending order (the report's per-seed lists follow it)."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     old_path = Path(args.results) / f"tta_horizon_{name}.json"
     old = json.loads(old_path.read_text()) if old_path.exists() else {}
@@ -171,7 +172,7 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
             runs.setdefault(arm, {})[int(sd)] = {"summary": summ, "evals": read_evals(d),
                                                  "adaptive": _adaptive_trace(d), "norms": final_norms(d),
                                                  "session": _read_session(d), "eval_every": _eval_every(d)}
-    return runs, old.get("meta", {})
+    return {arm: dict(sorted(by.items())) for arm, by in runs.items()}, old.get("meta", {})
 
 
 def _eval_every(run: Path) -> int | None:

@@ -38,6 +38,25 @@ def test_collect_skips_runs_stopped_before_the_budget(tmp_path):
     assert sorted(runs) == ["baseline", "entropy"] and sorted(runs["baseline"]) == [0]  # seed 1 stopped at 185 s
 
 
+def test_collect_orders_seeds_when_new_runs_join_a_committed_report(tmp_path):
+    """Seeds 1 and 4 in the committed report, 2 and 3 from new run dirs: the per-seed lists (worst excess,
+    crossover, clock) follow seeds 1, 2, 3, 4, not the order the runs arrived in."""
+    group, results = tmp_path / "runs" / "single-pass-decay", tmp_path / "results"
+    results.mkdir()
+    old = {str(sd): {"summary": {"train_time_s": 2700.0}, "evals": _evals([(0, 9.0), (2700, 6.0 + sd / 10)])}
+           for sd in (1, 4)}
+    (results / "tta_horizon_single-pass-decay.json").write_text(json.dumps({"runs": {"entropy": old}}))
+    for sd in (3, 2):
+        d = group / f"entropy_s{sd}"
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"train_time_s": 2700.0, "steps": 10}))
+        (d / "metrics.jsonl").write_text("\n".join(json.dumps(e) for e in _evals([(0, 9.0), (2700, 6.0 + sd / 10)])))
+    args = argparse.Namespace(results=str(results), runs=str(tmp_path / "runs"), budget_s=2700.0)
+    runs, _ = th.collect("single-pass-decay", args)
+    assert list(runs["entropy"]) == [1, 2, 3, 4]
+    assert [r["evals"][-1]["val_loss"] for r in runs["entropy"].values()] == [6.1, 6.2, 6.3, 6.4]
+
+
 def test_report_names_the_runs_own_eval_interval(tmp_path):
     """The header's eval interval is the runs' (config.json), not the report command's flag."""
     group = tmp_path / "runs" / "wide-decay"
