@@ -96,7 +96,14 @@ def test_verdict_by_hand():
     assert d["seeds"] == 2 and abs(d["worst_mean_excess"] - 0.05) < 1e-9 and d["within_noise"] is True
     assert abs(d["early_share"]["acc:0.6"] - 0.8) < 1e-9 and abs(d["early_share"]["acc:0.75"] + 1.0) < 1e-9
     assert e["seeds"] == 1 and abs(e["worst_mean_excess"] - 0.3) < 1e-9 and e["within_noise"] is False
+    assert d["passes_both"] is False and e["passes_both"] is False  # d: slower than the baseline at 75 %
+    a["arms"]["default"]["targets"]["acc:0.75"]["ratio"] = (0.9, None)  # entropy's own time: share 1.0
+    assert hr.verdict(runs, a, 400.0)["arms"]["default"]["passes_both"] is True  # 0.8 at 60 % counts
+    a["arms"]["default"]["targets"]["acc:0.6"]["ratio"] = (0.61, None)  # share 0.78 at 60 %
+    assert hr.verdict(runs, a, 400.0)["arms"]["default"]["passes_both"] is False
     assert list(hr.paired(runs["entropy"], runs["baseline"])) == [0]  # seed 1 ran in another session
+    del runs["entropy"], a["arms"]["entropy"]  # no entropy run: no share, so no verdict on both tests
+    assert hr.verdict(runs, a, 400.0)["arms"]["default"]["passes_both"] is None
     assert hr.seed_sd({0: {"evals": b0, "session": "s"}}, 400.0) is None  # one seed: no noise estimate
 
 
