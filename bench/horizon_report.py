@@ -201,8 +201,8 @@ def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budge
                 ent.get(lv, {}).get("ratio", (None, None))[0]
             share[lv] = (1 - r) / (1 - re_) if r is not None and re_ is not None and re_ < 1 else None
         within = None if worst is None else worst <= (sd if sd is not None else 0.0)
-        known = within is not None and all(x is not None for x in share.values())  # no entropy run: no share
-        both = within and all(x >= EARLY_SHARE_MIN - 1e-9 for x in share.values()) if known else None
+        defined = within is not None and all(x is not None for x in share.values())  # no entropy run: no share
+        both = within and all(x >= EARLY_SHARE_MIN - 1e-9 for x in share.values()) if defined else None
         out["arms"][arm] = {"seeds": len(seeds), "worst_mean_excess": worst, "within_noise": within,
                             "early_share": share, "passes_both": both}
     return out

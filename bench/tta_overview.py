@@ -21,6 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 from sift_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from horizon_report import EARLY_SHARE_MIN  # noqa: E402
+
 ORDER = ("entropy", "loss", "random", "random-free", "anneal", "sb", "auto")
 
 
@@ -71,7 +74,8 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
              "crossover = first eval past 10 % of the budget from which on the arm's val loss stays above the "
              "baseline's (CPU-s / passes over the training split; `-` = never); never loses = the worst seed-mean "
              "excess of val loss past 10 % of the budget within the baseline's seed sd (`verdict` of each report); "
-             "both tests = never loses and ≥ 0.8 of the entropy arm's early saving at each early target; "
+             f"both tests = never loses and ≥ {EARLY_SHARE_MIN:g} of the entropy arm's early saving at each early "
+             "target; "
              "clock = a switched arm's s/step on its plain steps ÷ the baseline's on the same step and CPU-time "
              "window, per seed (> 1: its clock ran slower than the baseline's; ±7 % is the clock's own noise).",
              "", "| config | arm | seeds | @25% | @50% | @75% | @100% | loss crossover | acc crossover | worst excess "
