@@ -678,15 +678,6 @@ def test_deepspeed_zero1_kill_rank_sigterm_kill_launcher_torn_tag_then_resume_ma
 
     import time
 
-    p = ds_launch(small_corpus, out, 1, resume=True, wait=False)
-    log, deadline = tmp_path / "launcher.log", time.time() + 240
-    while not re.search(r"^step +10/", log.read_text(errors="replace"), re.M):
-        assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
-        time.sleep(0.05)
-    os.kill(p.pid, signal.SIGKILL)  # the launcher only: its ranks are in sessions of their own
-    killed = time.time()
-    p.wait(timeout=30)
-
     def ranks_alive():
         alive = []
         for stat in Path("/proc").glob("[0-9]*/cmdline"):
@@ -696,6 +687,28 @@ def test_deepspeed_zero1_kill_rank_sigterm_kill_launcher_torn_tag_then_resume_ma
             except OSError:
                 pass
         return alive
+
+    # rank 0 freezes itself (SIGSTOP) after step 11, so the launcher dies at a known step whatever the machine's
+    # speed: killed while the ranks run freely, they could pass one more log flush before the signal arrives
+    def frozen():
+        for pid in ranks_alive():
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "T":
+                    return True
+            except OSError:
+                pass
+        return False
+
+    p = ds_launch(small_corpus, out, 1, fault="step:3:STOP@0", resume=True, wait=False)
+    log, deadline = tmp_path / "launcher.log", time.time() + 240
+    while not frozen():
+        assert time.time() < deadline and p.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)  # the launcher only: its ranks are in sessions of their own
+    killed = time.time()
+    p.wait(timeout=30)
+    for pid in ranks_alive():  # rank 0 wakes with the launcher's death signal pending
+        os.kill(int(pid), signal.SIGCONT)
 
     while ranks_alive() and time.time() - killed < 60:
         time.sleep(0.1)
