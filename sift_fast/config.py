@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import numbers
 import os
 import typing
@@ -213,6 +214,23 @@ class SiftConfig:
                               "use anneal_until (steps)")
 
 
+BATCH_SCALE_POWER = {"none": 0.0, "fourth-root": 0.25, "three-eighths": 0.375, "sqrt": 0.5, "linear": 1.0}
+
+
+def batch_scale_power(rule: str | float) -> float:
+    """The power p of ``lr_batch_scale``: a name of :data:`BATCH_SCALE_POWER` or a number in [0, 1]."""
+    if isinstance(rule, str) and rule in BATCH_SCALE_POWER:
+        return BATCH_SCALE_POWER[rule]
+    try:
+        p = math.nan if isinstance(rule, bool) else float(rule)
+    except (TypeError, ValueError):
+        p = math.nan
+    if not 0.0 <= p <= 1.0:  # NaN fails too
+        raise ConfigError(f"lr_batch_scale must be one of {', '.join(BATCH_SCALE_POWER)} or a power in [0, 1]; "
+                          f"got {rule!r}")
+    return p
+
+
 @dataclass
 class OptimConfig:
     optimizer: Literal["adamw", "lamb"] = opt("adamw", "adamw / lamb")
@@ -227,10 +245,11 @@ class OptimConfig:
         "auto", "what the LR decay spans: auto = whichever of max_steps and the time budget ends the run first; "
         "steps = max_steps only; budget = the time budget only (time_budget_s on --clock)")
     min_lr_ratio: float = opt(0.0, "final LR as a fraction of the peak")
-    lr_batch_scale: Literal["none", "fourth-root", "three-eighths", "sqrt", "linear"] = opt(
+    lr_batch_scale: float | Literal["none", "fourth-root", "three-eighths", "sqrt", "linear"] = opt(
         "sqrt", "scale the LR of a step by (backprop size / candidates)^p: none (p = 0), fourth-root (p = 1/4, "
         "half the square-root rule's cut in log terms), three-eighths (p = 3/8, between the two), sqrt (p = 1/2, "
-        "Adam's square-root rule for the smaller batch), linear (p = 1); plain full-batch steps keep the schedule's LR")
+        "Adam's square-root rule for the smaller batch), linear (p = 1), or the power p itself (a number in "
+        "[0, 1], e.g. 0.3125); plain full-batch steps keep the schedule's LR")
     lr_batch_scale_params: Literal["all", "embeddings"] = opt(
         "all", "which parameters lr_batch_scale scales: all, or only the word embeddings (tied to the MLM "
         "decoder: the weights that grew most under full-LR selection), the rest at the schedule's LR")
@@ -243,7 +262,10 @@ class OptimConfig:
         _positive("grad_clip", self.grad_clip, allow_zero=True)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
-        if self.lr_batch_scale_params != "all" and self.lr_batch_scale == "none":
+        if isinstance(self.lr_batch_scale, str) and self.lr_batch_scale not in BATCH_SCALE_POWER:
+            self.lr_batch_scale = batch_scale_power(self.lr_batch_scale)  # "0.3125" (a flag) -> 0.3125
+        batch_scale_power(self.lr_batch_scale)
+        if self.lr_batch_scale_params != "all" and batch_scale_power(self.lr_batch_scale) == 0.0:
             raise ConfigError(f"lr_batch_scale_params {self.lr_batch_scale_params} does nothing with lr_batch_scale "
                               "none; set --lr-batch-scale sqrt (or fourth-root, three-eighths, linear), or drop "
                               "--lr-batch-scale-params")

@@ -40,7 +40,7 @@ import torch
 import transformers
 from torch.nn import functional as F
 
-from sift_fast.config import OptimConfig, SiftConfig
+from sift_fast.config import OptimConfig, SiftConfig, batch_scale_power
 from sift_fast.data.batch import Batch
 from sift_fast.errors import ConfigError
 from sift_fast.faults import fault_point
@@ -50,7 +50,7 @@ from sift_fast.scoring import compute_scores, criterion_for, wants_scores
 from sift_fast.selection import Plan, Selector
 from sift_fast.telemetry.timer import StepTimer
 from sift_fast.train.checkpoint import safe_load
-from sift_fast.train.optim import BATCH_SCALE_POWER, scale_step_lr
+from sift_fast.train.optim import scale_step_lr
 
 logger = logging.getLogger(__name__)
 _SIFT_FIELDS = {f.name: f for f in fields(SiftConfig)}
@@ -83,13 +83,12 @@ class SiftArguments:
     exit_auto_overlap: float = _arg("exit_auto_overlap")
     selection_rule: Literal["topk", "sample"] = _arg("selection_rule")  # parsed so that 'sample' is refused
     adaptive_keep: Literal["off", "noise"] = _arg("adaptive_keep")  # in one line, not as an unknown flag
-    lr_batch_scale: Literal["none", "fourth-root", "three-eighths", "sqrt", "linear"] = field(
+    lr_batch_scale: str = field(  # a name or a power in [0, 1] (HfArgumentParser reads it as text)
         default=_LR_SCALE.default, metadata={"help": _LR_SCALE.metadata["help"] + " (the CLI's --lr-batch-scale)"})
 
     def __post_init__(self) -> None:
         self.exit_layer = str(self.exit_layer)
-        if self.lr_batch_scale not in BATCH_SCALE_POWER:
-            raise ConfigError(f"--lr_batch_scale {self.lr_batch_scale}: use one of {', '.join(BATCH_SCALE_POWER)}")
+        batch_scale_power(self.lr_batch_scale)  # one line for a bad name or power
         # validate at parse time: keep in (0, 1], exit layer form, schedule order, what the drop-in cannot do
         _check_supported(self.sift_config(1))
 
@@ -197,7 +196,7 @@ class SiftTrainer(transformers.Trainer):
         one warning."""
         opt = super().create_optimizer(model)
         inner = getattr(opt, "optimizer", opt)  # accelerate / DeepSpeed wrappers keep the torch optimizer here
-        if self.sift_args.lr_batch_scale == "none" or getattr(inner, "_sift_lr_hooked", False):
+        if batch_scale_power(self.sift_args.lr_batch_scale) == 0.0 or getattr(inner, "_sift_lr_hooked", False):
             return opt  # hooked once per optimizer, also when trainers share it (optimizers=...)
         if not isinstance(inner, torch.optim.Optimizer):
             logger.warning("lr_batch_scale %s is not applied: the optimizer (%s) is not a torch optimizer (e.g. "

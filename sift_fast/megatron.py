@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from sift_fast.config import Config, SiftConfig, build_sections, load_config_file
+from sift_fast.config import Config, SiftConfig, batch_scale_power, build_sections, load_config_file
 from sift_fast.errors import ConfigError
 from sift_fast.models.hf import eval_mode
 from sift_fast.ops import exit_scores_rows
@@ -129,8 +129,8 @@ def mcore_bert_exit_scores(
                             backend=backend, seq_ids_sorted=True)
 
 
-def _megatron_owns_the_lr(rule: str) -> None:
-    if rule != "none":
+def _megatron_owns_the_lr(rule: str | float) -> None:
+    if batch_scale_power(rule) != 0.0:
         warnings.warn(f"lr_batch_scale {rule} is not applied by the Megatron drop-in: Megatron owns the optimizer and "
                       "its LR schedule (scale its LR for the selection steps yourself); lr_batch_scale none silences "
                       "this", stacklevel=3)

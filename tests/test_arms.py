@@ -33,7 +33,9 @@ def test_until_arms_are_the_default_with_another_switch_point():
     for name, until, scale, params in (("until0.1", 0.1, "none", "all"), ("until.25-lr", 0.25, "sqrt", "all"),
                                        ("until1", 1.0, "none", "all"), ("until0.1-emb", 0.1, "sqrt", "embeddings"),
                                        ("until0.1-lr4", 0.1, "fourth-root", "all"),
-                                       ("until0.07-lr38", 0.07, "three-eighths", "all")):
+                                       ("until0.07-lr38", 0.07, "three-eighths", "all"),
+                                       ("until0.07-lrp0.3125", 0.07, 0.3125, "all"), ("until0.1-lrp1", 0.1, 1.0, "all"),
+                                       ("until0.1-lrp.5", 0.1, 0.5, "all")):
         for b in (base, emb):
             c = b.replace(**arm_overrides(name, b))
             assert (c.sift.selection, c.sift.select_until, c.optim.lr_batch_scale,
@@ -42,7 +44,7 @@ def test_until_arms_are_the_default_with_another_switch_point():
     for arm in ("entropy", "lr", "default"):
         assert emb.replace(**arm_overrides(arm, emb)).optim.lr_batch_scale_params == "all", arm
     for bad in ("until0", "until0.0", "until.00", "until1.5", "until-0.1", "until0.1-x", "until0.1-lr-emb",
-                "until0.1-lr2", "untilx"):
+                "until0.1-lr2", "untilx", "until0.1-lrp", "until0.1-lrp1.5", "until0.1-lrp-0.1", "until0.1-lrpx"):
         assert not is_arm(bad)
         with pytest.raises(ConfigError, match="unknown arm"):
             arm_overrides(bad, base)

@@ -376,9 +376,11 @@ def test_lr_batch_scale_scales_the_selection_steps_update(tok, lines, tmp_path, 
 
 
 def test_lr_batch_scale_bad_value_is_one_line():
-    with pytest.raises(ConfigError, match="--lr_batch_scale cube: use one of none, fourth-root, three-eighths, sqrt, "
-                       "linear"):
-        SiftArguments(lr_batch_scale="cube")
+    for bad in ("cube", "1.5"):
+        with pytest.raises(ConfigError, match=r"lr_batch_scale must be one of none, fourth-root, three-eighths, sqrt, "
+                           r"linear or a power in \[0, 1\]; got '"):
+            SiftArguments(lr_batch_scale=bad)
+    assert SiftArguments(lr_batch_scale="0.3125").lr_batch_scale == "0.3125"  # the power, as the CLI's flag
 
 
 def test_lr_batch_scale_hooks_an_optimizer_once_and_skips_a_placeholder(tok, lines, tmp_path, monkeypatch, caplog):

@@ -239,7 +239,8 @@ def test_wrapped_forward_step_modes_and_errors(mcore_model, tmp_path):
                      ({"exit_layer": "auto"}, "auto")):
         with pytest.raises(ConfigError, match=msg):
             sift_forward_step(lambda it, m: next(it), {**base, **bad})
-    for cfg in ({**base, "lr_batch_scale": "sqrt"}, build_config({"lr_batch_scale": "linear"})):  # a whole Config too
+    for cfg in ({**base, "lr_batch_scale": "sqrt"}, {**base, "lr_batch_scale": 0.3125},
+                build_config({"lr_batch_scale": "linear"})):  # a whole Config too
         with pytest.warns(UserWarning, match="not applied by the Megatron drop-in"):
             sift_forward_step(lambda it, m: next(it), cfg)
     fs = sift_forward_step(_megatron_style_forward_step(seen), {**base, "selection": "random", "keep": 0.25})

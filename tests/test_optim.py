@@ -154,7 +154,7 @@ def test_select_until_in_the_loop(micro_cfg, tmp_path, monkeypatch, budget, over
 
 
 @pytest.mark.parametrize("rule,power", [("sqrt", 0.5), ("fourth-root", 0.25), ("three-eighths", 0.375),
-                                        ("linear", 1.0), ("none", 0.0)])
+                                        ("linear", 1.0), ("none", 0.0), ("0.3125", 0.3125)])
 def test_lr_batch_scale_in_the_loop(micro_cfg, tmp_path, rule, power):
     """lr_batch_scale: the update of a selection step uses the schedule's LR × (b / C)^p, a plain step's the
     schedule's own. By steps (10, no warmup, linear decay) update i (0-based) uses lr·(1 - i/10)·s_i, and
@@ -247,6 +247,30 @@ def test_lr_batch_scale_by_hand():
     assert [g["lr"] for g in opt2.param_groups] == [2.0, 0.5]
     with pytest.raises(ConfigError, match="lr_batch_scale"):
         OptimConfig(lr_batch_scale="cubic")
+
+
+def test_lr_batch_scale_as_a_power():
+    """A number in [0, 1] is the power itself, from a flag (text), a config file (a number) or code; a name and
+    its power scale alike; anything else is one line."""
+    import argparse
+
+    from sift_fast.cli.args import add_config_flags, config_from_args
+    from sift_fast.config import build_config
+    from sift_fast.train.optim import batch_scale
+
+    assert batch_scale(0.5, 0.3125) == 0.5 ** 0.3125 and batch_scale(0.5, 0.5) == batch_scale(0.5, "sqrt")
+    assert batch_scale(0.3, 0.0) == 1.0 and batch_scale(0.3, 1) == 0.3
+    assert OptimConfig(lr_batch_scale="0.3125").lr_batch_scale == 0.3125
+    assert build_config({"preset": "micro", "lr_batch_scale": 0.3125}).optim.lr_batch_scale == 0.3125
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    args = parser.parse_args(["--preset", "micro", "--lr-batch-scale", "0.3125"])
+    assert config_from_args(args).optim.lr_batch_scale == 0.3125
+    with pytest.raises(ConfigError, match="does nothing with lr_batch_scale none"):
+        OptimConfig(lr_batch_scale=0.0, lr_batch_scale_params="embeddings")
+    for bad in ("1.5", -0.25, "nan", "inf", True, "sqrt2", None):
+        with pytest.raises(ConfigError, match=r"lr_batch_scale must be one of none, .* or a power in \[0, 1\]"):
+            OptimConfig(lr_batch_scale=bad)
 
 
 def test_select_until_by_hand_and_refused_outside_its_range():

@@ -55,6 +55,8 @@ def _converter(tp: Any):
     hints = typing.get_args(tp) if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union else ()
     if hints and int in hints and all(h is int or h is str or literal_choices(h) for h in hints):
         return _int_or_auto
+    if hints and float in hints:  # a number or a name: the section's __post_init__ parses and checks it
+        return str
     if literal_choices(tp) is not None:
         return str
     if tp is bool:

@@ -23,20 +23,23 @@ FIXED = {"adaptive_keep": "off", "anneal_until": 0, "anneal_horizon": 0.0, "sele
          "select_until": 1.0, "lr_batch_scale": "none", "lr_batch_scale_params": "all"}
 
 
-# ``until<F>`` / ``until<F>-lr`` / ``until<F>-lr4`` / ``until<F>-lr38`` / ``until<F>-emb``: the default with
-# select_until F (and the LR batch scale on every parameter: sqrt / fourth-root / three-eighths; or the sqrt one on
-# the word embeddings only), e.g. until0.1; results files name the default by this form
-# (default_name), so they stay right when the default changes
+# ``until<F>`` / ``until<F>-lr`` / ``until<F>-lr4`` / ``until<F>-lr38`` / ``until<F>-lrp<P>`` / ``until<F>-emb``:
+# the default with select_until F (and the LR batch scale on every parameter: sqrt / fourth-root / three-eighths /
+# the power P, e.g. until0.07-lrp0.3125; or the sqrt one on the word embeddings only), e.g. until0.1; results files
+# name the default by this form (default_name), so they stay right when the default changes
 UNTIL_SCALE = {None: ("none", "all"), "-lr": ("sqrt", "all"), "-lr4": ("fourth-root", "all"),
                "-lr38": ("three-eighths", "all"), "-emb": ("sqrt", "embeddings")}
 _SUFFIXES = "|".join(k for k in UNTIL_SCALE if k)
-UNTIL = re.compile(rf"until(0?\.\d+|1)({_SUFFIXES})?")  # fullmatch: the alternatives' order does not matter
-UNTIL_FORM = f"until<F>[{_SUFFIXES}]"  # how messages name the form
+POWER = "-lrp"  # until<F>-lrp<P>: lr_batch_scale P (a number in [0, 1]) on every parameter
+UNTIL = re.compile(rf"until(0?\.\d+|1)({_SUFFIXES}|{POWER}(?:0?\.\d+|[01]))?")  # fullmatch: order does not matter
+UNTIL_FORM = f"until<F>[{_SUFFIXES}|{POWER}<P>]"  # how messages name the form
 
 
 def default_name() -> str:
     """The trainer's default SIFT (what ``default`` is today) as an ``until<F>[-lr|…]`` arm (``UNTIL_SCALE``)."""
     o, by_scale = OptimConfig(), {v: k for k, v in UNTIL_SCALE.items()}
+    if not isinstance(o.lr_batch_scale, str) and o.lr_batch_scale_params == "all":
+        return f"until{SiftConfig().select_until:g}{POWER}{o.lr_batch_scale:g}"
     if (o.lr_batch_scale, o.lr_batch_scale_params) not in by_scale:
         raise ConfigError(f"the default lr_batch_scale {o.lr_batch_scale} / {o.lr_batch_scale_params} has no "
                           "until<F> arm name")
@@ -78,7 +81,8 @@ def arm_overrides(name: str, base: Config, *, anneal_steps: int | None = None) -
     }
     if name not in ARMS and is_arm(name):
         m = UNTIL.fullmatch(name)
-        scale, params = UNTIL_SCALE[m.group(2)]
+        suffix = m.group(2) or ""
+        scale, params = (float(suffix[len(POWER):]), "all") if suffix.startswith(POWER) else UNTIL_SCALE[m.group(2)]
         return {**default, "select_until": float(m.group(1)), "lr_batch_scale": scale,
                 "lr_batch_scale_params": params}
     if name not in arms:

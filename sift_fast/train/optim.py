@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from sift_fast.config import OptimConfig
+from sift_fast.config import OptimConfig, batch_scale_power
 from sift_fast.errors import ConfigError
 
 # the word embedding matrix of HF BERT / RoBERTa and the MLM decoder matrix (the same tensor when tied, the default:
@@ -106,15 +106,12 @@ class LrProgress:
         self.kept_fraction = 1.0
 
 
-BATCH_SCALE_POWER = {"none": 0.0, "fourth-root": 0.25, "three-eighths": 0.375, "sqrt": 0.5, "linear": 1.0}
-
-
-def batch_scale(kept_fraction: float, rule: str) -> float:
+def batch_scale(kept_fraction: float, rule: str | float) -> float:
     """LR multiplier of a step that backprops ``kept_fraction`` of its candidates (``optim.lr_batch_scale``)."""
-    return kept_fraction ** BATCH_SCALE_POWER[rule]
+    return kept_fraction ** batch_scale_power(rule)
 
 
-def scale_step_lr(optimizer: torch.optim.Optimizer, kept_fraction: float, rule: str) -> list[Any] | None:
+def scale_step_lr(optimizer: torch.optim.Optimizer, kept_fraction: float, rule: str | float) -> list[Any] | None:
     """Multiply this update's LR by the batch scale; returns the LRs it replaced (None: nothing scaled) for a
     caller whose scheduler does not set the LR afresh. The trainer's LambdaLR writes base LR × factor at its next
     ``step()``, so there the scale touches this update only. A group with a non-numeric lr (Adafactor's
