@@ -223,7 +223,7 @@ def render(name: str, rep: dict[str, Any]) -> str:
              f"Machine: {meta['machine']}. Ratios are arm ÷ baseline of the same seed; mean ± sd over seeds. "
              f"The trainer's default SIFT is `{default_name()}` (`until<F>`: entropy selection for the first F of "
              "the horizon, then plain steps; `-lr`: selection steps' LR × √keep; `-lr4`: × keep^¼; `-lr38`: × "
-             "keep^⅜; `-emb`: the √keep scale on the word embeddings only).", "",
+             "keep^⅜; `-lrp<P>`: × keep^P; `-emb`: the √keep scale on the word embeddings only).", "",
              "| arm | seeds | s/step | final val loss | final acc | " +
              " | ".join(f"loss@{int(f * 100)}%" for f in FRACTIONS) + " | " +
              " | ".join(f"acc {k[4:]}×best" for k in a["levels"]) + " | worst loss excess past 10% | final ‖W‖ / ‖E‖ |",

@@ -23,7 +23,8 @@ gradient noise scale grows, ``sift_fast/train/noise.py``).
 fraction F of the run's horizon (the LR decay's), then plain full-batch steps with no scoring pass;
 ``until<F>-lr`` also scales a selection step's LR by √(kept/candidates) (``--lr-batch-scale sqrt``),
 ``until<F>-lr4`` by (kept/candidates)^(1/4) (``--lr-batch-scale fourth-root``), ``until<F>-lr38`` by the
-power 3/8 (``--lr-batch-scale three-eighths``), ``until<F>-emb`` only the
+power 3/8 (``--lr-batch-scale three-eighths``), ``until<F>-lrp<P>`` by the power P in [0, 1]
+(``--lr-batch-scale P``), ``until<F>-emb`` only the
 word embeddings' by the square root (``--lr-batch-scale-params embeddings``). A job of arm ``default`` runs as
 the default's own ``until<F>[-lr|…]`` name (``until0.1-lr`` today: what ``sift-pretrain`` does with
 no selection flag), so a report never mixes two defaults. ``entropy`` and the other fixed-keep

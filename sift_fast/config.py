@@ -262,10 +262,11 @@ class OptimConfig:
         _positive("grad_clip", self.grad_clip, allow_zero=True)
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
-        if isinstance(self.lr_batch_scale, str) and self.lr_batch_scale not in BATCH_SCALE_POWER:
-            self.lr_batch_scale = batch_scale_power(self.lr_batch_scale)  # "0.3125" (a flag) -> 0.3125
-        batch_scale_power(self.lr_batch_scale)
-        if self.lr_batch_scale_params != "all" and batch_scale_power(self.lr_batch_scale) == 0.0:
+        # one form per power: its name where it has one (0.5 -> sqrt), else a float ("0.3125" from a flag ->
+        # 0.3125), so a resume compares powers, not spellings
+        power = batch_scale_power(self.lr_batch_scale)
+        self.lr_batch_scale = next((n for n, v in BATCH_SCALE_POWER.items() if v == power), power)
+        if self.lr_batch_scale_params != "all" and self.lr_batch_scale == "none":
             raise ConfigError(f"lr_batch_scale_params {self.lr_batch_scale_params} does nothing with lr_batch_scale "
                               "none; set --lr-batch-scale sqrt (or fourth-root, three-eighths, linear), or drop "
                               "--lr-batch-scale-params")

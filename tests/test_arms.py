@@ -34,8 +34,8 @@ def test_until_arms_are_the_default_with_another_switch_point():
                                        ("until1", 1.0, "none", "all"), ("until0.1-emb", 0.1, "sqrt", "embeddings"),
                                        ("until0.1-lr4", 0.1, "fourth-root", "all"),
                                        ("until0.07-lr38", 0.07, "three-eighths", "all"),
-                                       ("until0.07-lrp0.3125", 0.07, 0.3125, "all"), ("until0.1-lrp1", 0.1, 1.0, "all"),
-                                       ("until0.1-lrp.5", 0.1, 0.5, "all")):
+                                       ("until0.07-lrp0.3125", 0.07, 0.3125, "all"),
+                                       ("until0.1-lrp1", 0.1, "linear", "all"), ("until0.1-lrp.5", 0.1, "sqrt", "all")):
         for b in (base, emb):
             c = b.replace(**arm_overrides(name, b))
             assert (c.sift.selection, c.sift.select_until, c.optim.lr_batch_scale,
@@ -72,3 +72,18 @@ def test_compare_note_quotes_the_suite_under_the_defaults_name(tmp_path, monkeyp
     assert "until0.3" not in note and "repeated-decay" not in note and "wide-decay" not in note
     monkeypatch.setattr(compare, "SUITES", {"repeated-decay": tmp_path / "missing.json"})
     assert compare.one_seed_note(cfg).endswith("The multi-seed evidence: bench/results/tta_horizon_*.md.")
+
+
+def test_default_name_of_a_power_default(monkeypatch):
+    """A default power without a name gets the ``until<F>-lrp<P>`` name that runs exactly it; one the form cannot
+    spell is one line, not a name that would run another power."""
+    import sift_fast.cli.arms as arms
+    from sift_fast.config import OptimConfig
+
+    base = build_config({"preset": "micro"})
+    monkeypatch.setattr(arms, "OptimConfig", lambda: OptimConfig(lr_batch_scale=0.3125))
+    assert arms.default_name() == "until0.1-lrp0.3125"
+    assert arms.arm_overrides(arms.default_name(), base)["lr_batch_scale"] == 0.3125
+    monkeypatch.setattr(arms, "OptimConfig", lambda: OptimConfig(lr_batch_scale=1e-5))
+    with pytest.raises(ConfigError, match="has no until<F> arm name"):
+        arms.default_name()

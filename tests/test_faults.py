@@ -514,6 +514,11 @@ def test_resume_check_ignores_selection_settings_a_baseline_never_uses(micro_cfg
     with pytest.raises(ConfigError, match=re.escape("lr_batch_scale='none' (this run: 'sqrt')")):
         check({}, {"lr_batch_scale": None}, selection="entropy", lr_batch_scale="sqrt")
     check({}, {"lr_batch_scale": "sqrt"}, selection="entropy", lr_batch_scale="sqrt")
+    # a power compares as a power: sqrt is 0.5 whatever its spelling; another power is another rule
+    check({}, {"lr_batch_scale": "sqrt"}, selection="entropy", lr_batch_scale="0.5")
+    check({}, {"lr_batch_scale": 0.3125}, selection="entropy", lr_batch_scale="0.3125")
+    with pytest.raises(ConfigError, match=re.escape("lr_batch_scale=0.3125 (this run: 'fourth-root')")):
+        check({}, {"lr_batch_scale": 0.3125}, selection="entropy", lr_batch_scale="0.25")
     check({}, {"lr_batch_scale": "sqrt"}, selection="none", lr_batch_scale="fourth-root")
 
 

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -261,6 +262,11 @@ def test_lr_batch_scale_as_a_power():
     assert batch_scale(0.5, 0.3125) == 0.5 ** 0.3125 and batch_scale(0.5, 0.5) == batch_scale(0.5, "sqrt")
     assert batch_scale(0.3, 0.0) == 1.0 and batch_scale(0.3, 1) == 0.3
     assert OptimConfig(lr_batch_scale="0.3125").lr_batch_scale == 0.3125
+    # one form per power, so a resume compares powers: a named power is its name, any other number a float
+    assert [OptimConfig(lr_batch_scale=v).lr_batch_scale for v in ("0.5", 1, 0.0, "0.375")] == \
+        ["sqrt", "linear", "none", "three-eighths"]
+    p = OptimConfig(lr_batch_scale=np.float32(0.3125)).lr_batch_scale
+    assert type(p) is float and json.loads(json.dumps(p)) == 0.3125
     assert build_config({"preset": "micro", "lr_batch_scale": 0.3125}).optim.lr_batch_scale == 0.3125
     parser = argparse.ArgumentParser()
     add_config_flags(parser)

@@ -39,7 +39,10 @@ def default_name() -> str:
     """The trainer's default SIFT (what ``default`` is today) as an ``until<F>[-lr|…]`` arm (``UNTIL_SCALE``)."""
     o, by_scale = OptimConfig(), {v: k for k, v in UNTIL_SCALE.items()}
     if not isinstance(o.lr_batch_scale, str) and o.lr_batch_scale_params == "all":
-        return f"until{SiftConfig().select_until:g}{POWER}{o.lr_batch_scale:g}"
+        name = f"until{SiftConfig().select_until:g}{POWER}{o.lr_batch_scale!r}"  # repr: the float's shortest exact form
+        if not is_arm(name):  # e.g. 1e-05
+            raise ConfigError(f"the default lr_batch_scale {o.lr_batch_scale!r} has no until<F> arm name")
+        return name
     if (o.lr_batch_scale, o.lr_batch_scale_params) not in by_scale:
         raise ConfigError(f"the default lr_batch_scale {o.lr_batch_scale} / {o.lr_batch_scale_params} has no "
                           "until<F> arm name")
