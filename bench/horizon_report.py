@@ -172,12 +172,27 @@ def seed_sd(base: dict[int, dict[str, Any]], budget: float) -> float | None:
     return sorted(sds)[len(sds) // 2] if sds else None
 
 
+def pooled_sd(vb: list[tuple[float, float, str | None]]) -> float | None:
+    """The baselines' seed sd at one time, pooled over sessions (seeds of one session only, as :func:`seed_sd`):
+    ``vb`` holds (arm, baseline, session) per seed; None without two baseline seeds of one session."""
+    groups: dict[str, list[float]] = {}
+    for _, b, session in vb:
+        if session:
+            groups.setdefault(session, []).append(b)
+    dof = sum(len(g) - 1 for g in groups.values())
+    if not dof:
+        return None
+    return (sum((len(g) - 1) * (mean_sd(g)[1] or 0.0) ** 2 for g in groups.values()) / dof) ** 0.5
+
+
 def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budget: float) -> dict[str, Any]:
     """The issue's two tests of a default, per arm: never worse than the baseline past 10 % of the budget
     within seed noise (the seed-mean excess of val loss at equal CPU time <= the baseline's seed sd at every
     eval of the arm's first seed), and its share of the entropy arm's time saving to the early targets
     (``passes_both``: within noise and a share >= ``EARLY_SHARE_MIN`` at every early target; None where either
-    cannot be computed, e.g. no entropy run)."""
+    cannot be computed, e.g. no entropy run). Context, not part of the test: at the worst eval, the paired
+    standard error of that mean (sd of the per-seed excesses ÷ √seeds) and the spread of the baselines' own
+    seeds of one session then (``worst_se`` / ``worst_base_sd``, :func:`pooled_sd`; None with one seed)."""
     base = runs.get("baseline", {})
     sd = seed_sd(base, budget)
     out: dict[str, Any] = {"seed_sd": sd, "arms": {}}
@@ -186,15 +201,19 @@ def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budge
         if arm == "baseline" or not by_seed:
             continue
         seeds = list(paired(by_seed, base))
-        worst = None
+        worst = worst_se = worst_base_sd = None
         for e in by_seed[seeds[0]]["evals"] if seeds else []:
             if e["wall_s"] < 0.1 * budget:
                 continue
-            ex = [v - b for s in seeds if (v := interp(by_seed[s]["evals"], "val_loss", e["wall_s"])) is not None
+            vb = [(v, b, base[s].get("session")) for s in seeds
+                  if (v := interp(by_seed[s]["evals"], "val_loss", e["wall_s"])) is not None
                   and (b := interp(base[s]["evals"], "val_loss", e["wall_s"])) is not None]
-            if len(ex) == len(seeds):
-                m = sum(ex) / len(ex)
-                worst = m if worst is None else max(worst, m)
+            if len(vb) == len(seeds):
+                m, sd_ex = mean_sd([v - b for v, b, _ in vb])
+                if worst is None or m > worst:
+                    worst = m
+                    worst_se = sd_ex / len(vb) ** 0.5 if len(vb) > 1 else None
+                    worst_base_sd = pooled_sd(vb)
         share = {}
         for lv in (f"acc:{f:g}" for f in EARLY):
             r, re_ = a["arms"][arm]["targets"].get(lv, {}).get("ratio", (None, None))[0], \
@@ -204,7 +223,8 @@ def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budge
         defined = within is not None and all(x is not None for x in share.values())  # no entropy run: no share
         both = within and all(x >= EARLY_SHARE_MIN - 1e-9 for x in share.values()) if defined else None
         out["arms"][arm] = {"seeds": len(seeds), "worst_mean_excess": worst, "within_noise": within,
-                            "early_share": share, "passes_both": both}
+                            "early_share": share, "passes_both": both, "worst_se": worst_se,
+                            "worst_base_sd": worst_base_sd}
     return out
 
 
@@ -268,11 +288,15 @@ def render(name: str, rep: dict[str, Any]) -> str:
                   "(an arm that switches to the plain step times the same step as the baseline: its s/step there ÷ "
                   "the baseline's over the same CPU-time window, per seed; > 1: its run's clock ran slower than the "
                   "baseline's, which penalises its curve; two runs of one session differ by up to ±7 % on their "
-                  "own). Arms are compared with the baseline seed of the same session only:", "",
+                  "own). Context, not part of the test: at the eval of the worst mean excess, its paired standard "
+                  "error (sd of the per-seed excesses ÷ √seeds) and the sd of the baselines' own seeds at that time "
+                  "(seeds of one session, pooled over sessions). Arms are compared with the baseline seed of the "
+                  "same session only:", "",
                   "| arm | seeds | worst mean excess | within noise | early saving ÷ entropy's: " +
                   " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) +
-                  f" | both tests (≥ {EARLY_SHARE_MIN:g} at each target, within noise) | clock check |",
-                  "|---|---|---|---|---|---|---|"]
+                  f" | both tests (≥ {EARLY_SHARE_MIN:g} at each target, within noise) | clock check | "
+                  "at the worst eval: paired SE / baselines' sd |",
+                  "|---|---|---|---|---|---|---|---|"]
         for arm in ordered(v["arms"]):
             r = v["arms"][arm]
             w = "-" if r["worst_mean_excess"] is None else f"{r['worst_mean_excess']:+.4f}"
@@ -280,7 +304,8 @@ def render(name: str, rep: dict[str, Any]) -> str:
             sh = " / ".join("-" if x is None else f"{x:.3f}" for x in r["early_share"].values())  # 0.796 is not 0.80
             ck = ", ".join(f"{x:.3f}" for x in a["arms"][arm].get("clock_ratio", []) if x is not None) or "-"
             both = {True: "**yes**", False: "no", None: "-"}[r.get("passes_both")]
-            lines.append(f"| {arm} | {r['seeds']} | {w} | {ok} | {sh} | {both} | {ck} |")
+            ctx = " / ".join("-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("worst_se", "worst_base_sd"))
+            lines.append(f"| {arm} | {r['seeds']} | {w} | {ok} | {sh} | {both} | {ck} | {ctx} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -94,8 +94,15 @@ def test_verdict_by_hand():
     v = hr.verdict(runs, a, 400.0)
     d, e = v["arms"]["default"], v["arms"]["entropy"]
     assert d["seeds"] == 2 and abs(d["worst_mean_excess"] - 0.05) < 1e-9 and d["within_noise"] is True
+    # context: per-seed excesses 0.1 / 0.0 (sd 0.0707, SE 0.05); the baselines 0.2 apart (sd 0.1414)
+    assert abs(d["worst_se"] - 0.05) < 1e-9 and abs(d["worst_base_sd"] - 0.2 / 2 ** 0.5) < 1e-9
     assert abs(d["early_share"]["acc:0.6"] - 0.8) < 1e-9 and abs(d["early_share"]["acc:0.75"] + 1.0) < 1e-9
     assert e["seeds"] == 1 and abs(e["worst_mean_excess"] - 0.3) < 1e-9 and e["within_noise"] is False
+    assert e["worst_se"] is None and e["worst_base_sd"] is None  # one seed: no spread
+    # the baselines' spread pools sessions: 9 / 10 in one (var 0.5), 7 / 9 / 11 in another (var 4) -> (0.5 + 8) / 3
+    vb = [(0, 9.0, "s"), (0, 10.0, "s"), (0, 7.0, "t"), (0, 9.0, "t"), (0, 11.0, "t"), (0, 99.0, None)]
+    assert abs(hr.pooled_sd(vb) - (8.5 / 3) ** 0.5) < 1e-12
+    assert hr.pooled_sd([(0, 9.0, "s"), (0, 10.0, "t")]) is None  # one seed per session: not seed noise
     assert d["passes_both"] is False and e["passes_both"] is False  # d: slower than the baseline at 75 %
     a["arms"]["default"]["targets"]["acc:0.75"]["ratio"] = (0.9, None)  # entropy's own time: share 1.0
     assert hr.verdict(runs, a, 400.0)["arms"]["default"]["passes_both"] is True  # 0.8 at 60 % counts
