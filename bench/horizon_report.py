@@ -185,6 +185,17 @@ def pooled_sd(vb: list[tuple[float, float, str | None]]) -> float | None:
     return (sum((len(g) - 1) * (mean_sd(g)[1] or 0.0) ** 2 for g in groups.values()) / dof) ** 0.5
 
 
+def share_error(share: float | None, arm_t: dict[str, Any], ent_t: dict[str, Any]) -> float | None:
+    """Standard error of a share (1 - r) / (1 - re) of the entropy arm's saving, from the two seed means' errors
+    (sd ÷ √n of the per-seed time ratios; delta method). The two means are treated as independent: where they
+    share baseline seeds their errors correlate positively, so the true error is smaller. None with < 2 seeds."""
+    (r, sr), (re_, sre) = arm_t.get("ratio", (None, None)), ent_t.get("ratio", (None, None))
+    nr, nre = arm_t.get("n", 0), ent_t.get("n", 0)
+    if share is None or None in (r, sr, re_, sre) or nr < 2 or nre < 2:
+        return None
+    return ((sr ** 2 / nr) + share ** 2 * (sre ** 2 / nre)) ** 0.5 / (1 - re_)
+
+
 def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budget: float) -> dict[str, Any]:
     """The issue's two tests of a default, per arm: never worse than the baseline past 10 % of the budget
     within seed noise (the seed-mean excess of val loss at equal CPU time <= the baseline's seed sd at every
@@ -214,16 +225,17 @@ def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budge
                     worst = m
                     worst_se = sd_ex / len(vb) ** 0.5 if len(vb) > 1 else None
                     worst_base_sd = pooled_sd(vb)
-        share = {}
+        share, share_se = {}, {}
         for lv in (f"acc:{f:g}" for f in EARLY):
-            r, re_ = a["arms"][arm]["targets"].get(lv, {}).get("ratio", (None, None))[0], \
-                ent.get(lv, {}).get("ratio", (None, None))[0]
+            at, et = a["arms"][arm]["targets"].get(lv, {}), ent.get(lv, {})
+            r, re_ = at.get("ratio", (None, None))[0], et.get("ratio", (None, None))[0]
             share[lv] = (1 - r) / (1 - re_) if r is not None and re_ is not None and re_ < 1 else None
+            share_se[lv] = share_error(share[lv], at, et) if arm != "entropy" else None  # 1 by definition
         within = None if worst is None else worst <= (sd if sd is not None else 0.0)
         defined = within is not None and all(x is not None for x in share.values())  # no entropy run: no share
         both = within and all(x >= EARLY_SHARE_MIN - 1e-9 for x in share.values()) if defined else None
         out["arms"][arm] = {"seeds": len(seeds), "worst_mean_excess": worst, "within_noise": within,
-                            "early_share": share, "passes_both": both, "worst_se": worst_se,
+                            "early_share": share, "early_share_se": share_se, "passes_both": both, "worst_se": worst_se,
                             "worst_base_sd": worst_base_sd}
     return out
 
@@ -231,6 +243,13 @@ def verdict(runs: dict[str, dict[int, dict[str, Any]]], a: dict[str, Any], budge
 def _f(ms: tuple[float | None, float | None], spec: str = ".3f") -> str:
     m, s = ms
     return "-" if m is None else (f"{m:{spec}}" if not s else f"{m:{spec}} ± {s:{spec}}")
+
+
+def share_cell(r: dict[str, Any]) -> str:
+    """A verdict row's early shares, each with its standard error where known: ``0.893 ± 0.21 / 0.796 ± 0.25``."""
+    se = r.get("early_share_se") or {}
+    return " / ".join("-" if x is None else f"{x:.3f}" + ("" if se.get(k) is None else f" ± {se[k]:.2f}")
+                      for k, x in r["early_share"].items())  # three digits: 0.796 is not 0.80
 
 
 def render(name: str, rep: dict[str, Any]) -> str:
@@ -290,7 +309,8 @@ def render(name: str, rep: dict[str, Any]) -> str:
                   "baseline's, which penalises its curve; two runs of one session differ by up to ±7 % on their "
                   "own). Context, not part of the test: at the eval of the worst mean excess, its paired standard "
                   "error (sd of the per-seed excesses ÷ √seeds) and the sd of the baselines' own seeds at that time "
-                  "(seeds of one session, pooled over sessions). Arms are compared with the baseline seed of the "
+                  "(seeds of one session, pooled over sessions); ± beside a share: its standard error (from the two "
+                  "seed means' errors, delta method). Arms are compared with the baseline seed of the "
                   "same session only:", "",
                   "| arm | seeds | worst mean excess | within noise | early saving ÷ entropy's: " +
                   " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) +
@@ -301,7 +321,7 @@ def render(name: str, rep: dict[str, Any]) -> str:
             r = v["arms"][arm]
             w = "-" if r["worst_mean_excess"] is None else f"{r['worst_mean_excess']:+.4f}"
             ok = {True: "yes", False: "**no**", None: "-"}[r["within_noise"]]
-            sh = " / ".join("-" if x is None else f"{x:.3f}" for x in r["early_share"].values())  # 0.796 is not 0.80
+            sh = share_cell(r)
             ck = ", ".join(f"{x:.3f}" for x in a["arms"][arm].get("clock_ratio", []) if x is not None) or "-"
             both = {True: "**yes**", False: "no", None: "-"}[r.get("passes_both")]
             ctx = " / ".join("-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("worst_se", "worst_base_sd"))

@@ -158,3 +158,20 @@ def test_final_norms_by_hand(tmp_path):
     n = th.final_norms(tmp_path / "run")
     assert n == {"all": (36 + 16 + 9) ** 0.5, "encoder_matrices": 4.0, "word_embeddings": 6.0}
     assert th.final_norms(tmp_path / "none") is None
+
+
+def test_share_error_by_hand():
+    """Entropy 0.5× the baseline's time (sd 0.1 over 4 seeds: SE 0.05), the arm 0.6× (sd 0.2 over 4: SE 0.1): share
+    0.8, its SE √(0.1² + 0.8² · 0.05²) / 0.5 = 0.2154; fewer than two seeds on either side: none."""
+    arm, ent = {"ratio": (0.6, 0.2), "n": 4}, {"ratio": (0.5, 0.1), "n": 4}
+    assert abs(hr.share_error(0.8, arm, ent) - (0.01 + 0.64 * 0.0025) ** 0.5 / 0.5) < 1e-12
+    assert hr.share_error(0.8, {**arm, "n": 1}, ent) is None and hr.share_error(None, arm, ent) is None
+    a = {"arms": {"d": {"targets": {"acc:0.6": arm, "acc:0.75": arm}},
+                  "entropy": {"targets": {"acc:0.6": ent, "acc:0.75": ent}}}}
+    t = [0, 100, 200]
+    runs = {"baseline": {0: {"evals": _evals([(x, 9.0) for x in t]), "session": "s"}},
+            "d": {0: {"evals": _evals([(x, 9.0) for x in t]), "session": "s"}}}
+    v = hr.verdict(runs, a, 200.0)["arms"]["d"]
+    assert abs(v["early_share_se"]["acc:0.6"] - 0.2154) < 1e-4 and abs(v["early_share"]["acc:0.6"] - 0.8) < 1e-9
+    assert hr.share_cell(v) == "0.800 ± 0.22 / 0.800 ± 0.22"
+    assert hr.share_cell({"early_share": {"a": 0.7965, "b": None}}) == "0.796 / -"  # an older report: no SE
