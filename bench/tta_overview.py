@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 from sift_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from horizon_report import EARLY_SHARE_MIN  # noqa: E402
+from horizon_report import EARLY_SHARE_MIN, share_cell  # noqa: E402
 
 ORDER = ("entropy", "loss", "random", "random-free", "anneal", "sb", "auto")
 
@@ -74,12 +74,14 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
              "crossover = first eval past 10 % of the budget from which on the arm's val loss stays above the "
              "baseline's (CPU-s / passes over the training split; `-` = never); never loses = the worst seed-mean "
              "excess of val loss past 10 % of the budget within the baseline's seed sd (`verdict` of each report); "
+             "early share = the share of the entropy arm's time saving to the early targets (0.6× / 0.75× the "
+             "baseline's best accuracy) kept, ± its standard error; "
              f"both tests = never loses and ≥ {EARLY_SHARE_MIN:g} of the entropy arm's early saving at each early "
              "target; "
              "clock = a switched arm's s/step on its plain steps ÷ the baseline's on the same step and CPU-time "
              "window, per seed (> 1: its clock ran slower than the baseline's; ±7 % is the clock's own noise).",
              "", "| config | arm | seeds | @25% | @50% | @75% | @100% | loss crossover | acc crossover | worst excess "
-             "| never loses | both tests | clock |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| never loses | early share | both tests | clock |", "|" + "---|" * 14]
     for path in sorted(results.glob("tta_horizon_*.json")):
         rep = json.loads(path.read_text())
         name = path.stem.removeprefix("tta_horizon_")
@@ -98,12 +100,14 @@ def horizon(results: Path) -> tuple[list[dict[str, Any]], str]:
                 cross.append("; ".join(cells) or "-")
             v = rep["analysis"].get("verdict", {}).get("arms", {}).get(arm, {})
             w = v.get("worst_mean_excess")
+            share = share_cell(v) if v.get("early_share") else "-"
             ver = ["-" if w is None else f"{w:+.3f}", {True: "yes", False: "no"}.get(v.get("within_noise"), "-"),
-                   {True: "**yes**", False: "no"}.get(v.get("passes_both"), "-")]
+                   share, {True: "**yes**", False: "no"}.get(v.get("passes_both"), "-")]
             ck = ", ".join(f"{x:.2f}" for x in r.get("clock_ratio", []) if x is not None) or "-"
             lines.append(f"| {head} | {arm} | {len(r['seeds'])} | " + " | ".join(eq + cross + ver + [ck]) + " |")
             rows.append({"config": name, "arm": arm, "seeds": r["seeds"], "equal_time": eq, "crossover": cross,
-                         "worst_excess": ver[0], "never_loses": ver[1], "both_tests": ver[2], "clock": ck})
+                         "worst_excess": ver[0], "never_loses": ver[1], "early_share": ver[2], "both_tests": ver[3],
+                         "clock": ck})
             head = ""
     return rows, "\n".join(lines) + "\n"
 

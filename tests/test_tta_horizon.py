@@ -175,3 +175,18 @@ def test_share_error_by_hand():
     assert abs(v["early_share_se"]["acc:0.6"] - 0.2154) < 1e-4 and abs(v["early_share"]["acc:0.6"] - 0.8) < 1e-9
     assert hr.share_cell(v) == "0.800 ± 0.22 / 0.800 ± 0.22"
     assert hr.share_cell({"early_share": {"a": 0.7965, "b": None}}) == "0.796 / -"  # an older report: no SE
+
+
+def test_overview_prints_the_early_share_with_its_error(tmp_path):
+    """bench/tta_overview.py's long-horizon table carries each arm's early share ± SE from its report's verdict."""
+    from bench.tta_overview import horizon
+
+    arm = {"seeds": [1, 2], "equal_time": {}, "crossover": {}, "clock_ratio": [1.0, 1.02]}
+    ver = {"worst_mean_excess": 0.005, "within_noise": True, "passes_both": False,
+           "early_share": {"acc:0.6": 0.893, "acc:0.75": 0.7965}, "early_share_se": {"acc:0.6": 0.18, "acc:0.75": None}}
+    rep = {"meta": {"preset": "proxy-12", "budget_s": 2700.0},
+           "analysis": {"arms": {"baseline": {}, "d": arm}, "verdict": {"arms": {"d": ver}}}}
+    (tmp_path / "tta_horizon_x.json").write_text(json.dumps(rep))
+    rows, md = horizon(tmp_path)
+    assert rows[0]["early_share"] == "0.893 ± 0.18 / 0.796" and rows[0]["both_tests"] == "no"
+    assert "| +0.005 | yes | 0.893 ± 0.18 / 0.796 | no | 1.00, 1.02 |" in md
