@@ -276,6 +276,8 @@ class OptimConfig:
 class TrainConfig:
     max_steps: int = opt(1000, "optimizer steps (one candidate batch each)")
     time_budget_s: float = opt(0.0, "stop after this much training time on --clock (eval excluded); 0 = off")
+    stop_after_s: float = opt(0.0, "pause after this much training time (checkpoint, exit 0) without moving the LR "
+                                   "horizon (--time-budget-s); --resume continues; 0 = off")
     eval_every: int = opt(50, "validation every N steps")
     eval_batch_size: int = opt(64, "validation batch size")
     checkpoint_every: int = opt(0, "checkpoint every N steps; 0 = only at the end")
@@ -315,7 +317,7 @@ class TrainConfig:
         _positive("max_checkpoints", self.max_checkpoints)
         _positive("nvml_every", self.nvml_every)
         _positive("max_bad_steps", self.max_bad_steps)
-        for name in ("checkpoint_every", "time_budget_s", "telemetry_every", "num_threads"):
+        for name in ("checkpoint_every", "time_budget_s", "stop_after_s", "telemetry_every", "num_threads"):
             _positive(name, getattr(self, name), allow_zero=True)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")

@@ -405,6 +405,7 @@ BAD_INPUTS = {
     "targets out of range": (["--targets", "0.5,2"], "targets must be accuracies in (0, 1]"),
     "targets not numbers": (["--targets", "a,b"], "--targets"),
     "time budget -1": (["--time-budget-s", "-1"], "time_budget_s must be >= 0"),
+    "stop after -1": (["--stop-after-s", "-1"], "stop_after_s must be >= 0"),
     "prefetch -2": (["--prefetch", "-2"], "prefetch must be -1"),
     "score tokens -1": (["--score-tokens", "-1"], "score_tokens must be >= 0"),
     "selection warmup past max steps": (["--selection-warmup-steps", "50"], "the run would never select"),

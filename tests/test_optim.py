@@ -307,3 +307,30 @@ def test_anneal_horizon_refused_with_another_keep_schedule():
         SiftConfig(anneal_horizon=1.5)
     with pytest.raises(ConfigError, match="not supported by the HF Trainer"):
         SiftConfig(anneal_horizon=0.5).require_drop_in("the HF Trainer")
+
+
+def test_stop_after_pauses_without_moving_the_horizon(micro_cfg, tmp_path):
+    """--stop-after-s 1 under a 3 s budget (0.25 s a step): the run pauses after 4 steps at the LRs of the 3 s
+    schedule, not of a 1 s one; --resume with it off continues to step 12, and the whole run's per-step LRs and
+    losses are those of the uninterrupted run."""
+    kw = dict(lr_horizon="budget", time_budget_s=3.0, max_steps=10**6, lr_warmup_steps=0, log_every=1,
+              eval_every=10**6, checkpoint_every=0)
+
+    def run(out: str, **extra):
+        tr = Trainer(micro_cfg(out=str(tmp_path / out), **kw, **extra))
+        ticks = iter(range(10**6))
+        tr.clock = lambda: 0.25 * next(ticks)
+        summary = tr.run()
+        steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines()
+                 if (r := json.loads(x))["type"] == "step"]
+        return summary, steps
+
+    whole, ref = run("whole")
+    assert len(ref) == 12 and "paused_after_s" not in whole
+    paused, first = run("paused", stop_after_s=1.0)
+    assert paused["paused_after_s"] == 1.0 and paused["steps"] == 4 and paused["train_time_s"] == pytest.approx(1.0)
+    peak = micro_cfg(**kw).optim.lr
+    assert [r["lr"] for r in first] == pytest.approx([peak * (1 - (s - 1) / 12) for s in range(1, 5)], abs=1e-12)
+    done, steps = run("paused", stop_after_s=0.0, resume=True)
+    assert done["steps"] == 12 and "paused_after_s" not in done
+    assert [(r["step"], r["lr"], r["loss"]) for r in steps] == [(r["step"], r["lr"], r["loss"]) for r in ref]

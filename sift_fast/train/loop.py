@@ -137,7 +137,8 @@ class Trainer:
         self.bad_total = 0
         self.stop_signal: int | None = None  # SIGTERM / SIGINT received: checkpoint after this step, exit 0
         self.stop_agreed = False  # under DeepSpeed: every rank has agreed to stop (at a log flush)
-        self.budget_agreed = False  # under DeepSpeed: some rank's clock reached --time-budget-s (at a log flush)
+        self.budget_agreed = False  # under DeepSpeed: some rank's clock reached the time limit (at a log flush)
+        self.paused = False  # stopped at --stop-after-s, before the horizon: --resume continues
         self.lr_agreed = 0.0  # under DeepSpeed: the furthest rank's spent budget fraction (lr_horizon auto/budget)
 
     # --- checkpoint -------------------------------------------------------------------------------
@@ -338,9 +339,14 @@ class Trainer:
             self._agree_stop()  # the ranks' LR progress from the start (a resumed run's clocks may differ)
         try:
             while self.step < tc.max_steps:
-                if tc.time_budget_s and (self.train_time >= tc.time_budget_s if self.engine.world_size == 1
-                                         else self.budget_agreed):  # DeepSpeed: agreed at the log flush
-                    self.console.log(f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
+                limit = self._time_limit()
+                if limit and (self.train_time >= limit if self.engine.world_size == 1
+                              else self.budget_agreed):  # DeepSpeed: agreed at the log flush
+                    self.paused = limit != tc.time_budget_s
+                    self.console.log(f"paused at step {self.step} after {self.train_time:.0f}s (--stop-after-s "
+                                     f"{limit:g}; the LR horizon is unchanged): --resume with a larger "
+                                     "--stop-after-s (or 0) continues" if self.paused else
+                                     f"time budget {tc.time_budget_s:.0f}s reached at step {self.step}")
                     break
                 profile.step_begin(self.step)
                 if self._clock_lr():  # DeepSpeed: the progress agreed at the last log flush
@@ -396,9 +402,11 @@ class Trainer:
             summary["stopped_by"] = name
             self.console.log(f"stopped by {name} after step {self.step}; checkpoint {path}; to continue, run the "
                              "same command with --resume")
+        if self.paused:
+            summary["paused_after_s"] = tc.stop_after_s
         if self.rank0:
             atomic_write_json(self.out / "summary.json", summary)
-        if tc.export_hf and self.rank0 and self.stop_signal is None and path is not None:
+        if tc.export_hf and self.rank0 and self.stop_signal is None and not self.paused and path is not None:
             from sift_fast.export import export_checkpoint
 
             export_checkpoint(path, tc.export_hf, vocab=self.data.vocab)
@@ -411,6 +419,12 @@ class Trainer:
         """A stop signal was received (under DeepSpeed: and all ranks agreed at a log flush)."""
         return self.stop_signal is not None and (self.engine.world_size == 1 or self.stop_agreed)
 
+    def _time_limit(self) -> float:
+        """Training time at which the run stops: the time budget, or --stop-after-s where that comes first
+        (0: none)."""
+        tc = self.cfg.train
+        return min((x for x in (tc.time_budget_s, tc.stop_after_s) if x), default=0.0)
+
     def _clock_lr(self) -> bool:
         """Whether the LR decay follows the time budget (``lr_horizon`` auto / budget with a time budget)."""
         return bool(self.cfg.train.time_budget_s) and self.cfg.optim.lr_horizon != "steps"
@@ -418,13 +432,14 @@ class Trainer:
     def _agree_stop(self) -> None:
         """Under DeepSpeed: make the stop decisions (and the clock-driven LR progress) collective at the log flush
         (every rank flushes at the same
-        steps). One tiny all-reduce of [signal number (0: none), time budget reached]: a signal on any rank
-        stops every rank after this step, so all of them write the same collective checkpoint; the time budget
-        (each rank has its own clock) ends the run on every rank at the same step."""
+        steps). One tiny all-reduce of [signal number (0: none), time limit reached]: a signal on any rank
+        stops every rank after this step, so all of them write the same collective checkpoint; the time limit
+        (the budget or --stop-after-s; each rank has its own clock) ends the run on every rank at the same step."""
         if self.engine.world_size == 1:
             return
         tc = self.cfg.train
-        values = [self.stop_signal or 0, int(bool(tc.time_budget_s) and self.train_time >= tc.time_budget_s)]
+        limit = self._time_limit()
+        values = [self.stop_signal or 0, int(bool(limit) and self.train_time >= limit)]
         if self._clock_lr():  # the LR follows the clock: every rank takes the furthest rank's spent fraction
             values.append(int(self.train_time / tc.time_budget_s * 1e6))
         agreed = self.engine.any_rank(values)
