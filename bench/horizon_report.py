@@ -65,8 +65,24 @@ def paired(by_seed: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]]) 
     return {sd: base[sd] for sd, r in by_seed.items() if sd in base and r.get("session") == base[sd].get("session")}
 
 
-def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dict[str, Any]) -> dict[str, Any]:
+def with_probes(runs: dict[str, dict[int, dict[str, Any]]],
+                probes: dict[str, dict[int, dict[str, Any]]] | None) -> dict[str, dict[int, dict[str, Any]]]:
+    """Each arm's full runs, and its prefix probes (``--probe-s``) for the seeds without a full run: what the early
+    targets are measured on (a probe is its schedule's first S CPU-s, so up to S it is a run like the others)."""
+    out = {arm: dict(by) for arm, by in runs.items()}
+    for arm, by in (probes or {}).items():
+        for sd, r in by.items():
+            out.setdefault(arm, {}).setdefault(sd, {**r, "probe": True})
+    return {arm: dict(sorted(by.items())) for arm, by in out.items()}
+
+
+def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dict[str, Any],
+            probes: dict[str, dict[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """Per arm: equal-time ratios, targets, crossover, worst excess and clock check. The early targets also pool
+    ``probes`` (seeds without a full run); the levels, the late targets and everything else use full runs only."""
     base = runs.get("baseline", {})
+    early = with_probes(runs, probes)
+    early_keys = {f"acc:{f:g}" for f in EARLY}
     best = [max(e["val_mlm_acc"] for e in r["evals"]) for r in base.values()]
     levels = {f"acc:{f:g}": round(f * min(best), 4) for f in (*EARLY, *LATE)} if best else {}
     n_train, seq = meta.get("train_sequences"), meta.get("seq_len", 128)
@@ -91,14 +107,18 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
                     if a is not None and b:
                         ratios.append(a / b)
                 row["equal_time"][f"{key}@{f:g}"] = mean_sd(ratios)
+        eb = early.get(arm, by_seed)
+        epb = paired(eb, early.get("baseline", {}))
         for name, lv in levels.items():
+            src, src_base = (eb, epb) if name in early_keys else (by_seed, pb)
             ratios = []
-            for sd, r in by_seed.items():
+            for sd, r in src.items():
                 h = crossing(r["evals"], "val_mlm_acc", lv, True)
-                bh = crossing(pb.get(sd, {}).get("evals", []), "val_mlm_acc", lv, True)
+                bh = crossing(src_base.get(sd, {}).get("evals", []), "val_mlm_acc", lv, True)
                 if h and bh and bh["wall_s"] > 0:
                     ratios.append(h["wall_s"] / bh["wall_s"])
-            row["targets"][name] = {"ratio": mean_sd(ratios), "n": len(ratios), "of": len(by_seed)}
+            row["targets"][name] = {"ratio": mean_sd(ratios), "n": len(ratios), "of": len(src),
+                                    "probes": sum(1 for r in src.values() if r.get("probe"))}
         if arm != "baseline":
             for key, higher in (("val_loss", False), ("val_mlm_acc", True)):
                 cells = []
@@ -252,6 +272,19 @@ def share_cell(r: dict[str, Any]) -> str:
                       for k, x in r["early_share"].items())  # three digits: 0.796 is not 0.80
 
 
+def probe_note(rep: dict[str, Any]) -> str:
+    """The sentence naming the prefix probes pooled into the early targets ('' without any)."""
+    probes = rep.get("probes") or {}
+    if not probes:
+        return ""
+    s = {r.get("summary", {}).get("paused_after_s") for by in probes.values() for r in by.values()}
+    per = "; ".join(f"{arm} {', '.join(map(str, sorted(int(x) for x in by)))}" for arm, by in
+                    sorted(probes.items()))
+    return (f" The early targets ({' and '.join(f'{f:g}×' for f in EARLY)}) also pool prefix probes: the first "
+            f"{'/'.join(f'{x:g}' for x in sorted(x for x in s if x))} CPU-s of the same schedule "
+            f"(`--probe-s`), paired with the same seed's baseline run or probe of their session (seeds: {per}).")
+
+
 def render(name: str, rep: dict[str, Any]) -> str:
     a, meta = rep["analysis"], rep["meta"]
     arms = ordered(a["arms"])
@@ -281,7 +314,7 @@ def render(name: str, rep: dict[str, Any]) -> str:
     lines += ["", "Targets: accuracy levels " + ", ".join(f"{k[4:]}× = {v:g}" for k, v in a["levels"].items()) +
               " of the baseline's (worst seed's) best accuracy; cells are time to target ÷ baseline. ‖W‖ / ‖E‖: L2 "
               "norm of all final weights / of the word embeddings (tied to the MLM decoder); runs of sessions before "
-              "2026-12-06 did not record it.", "",
+              "2026-12-06 did not record it." + probe_note(rep), "",
               "**Crossover** (first eval past 10 % of the budget from which on the arm stays worse than the "
               "baseline; per seed; `-` = never within the budget):", "",
               "| arm | val loss: CPU-s / tokens / passes | val acc: CPU-s / tokens / passes |", "|---|---|---|"]

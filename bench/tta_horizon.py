@@ -43,6 +43,13 @@ Runs are claimed with a lock file, so two processes with the same ``--jobs`` lis
     python bench/tta_horizon.py --jobs single-pass:baseline:0,single-pass:noise:0 --budget-s 2700 &
     python bench/tta_horizon.py --report-only            # rewrite every report from finished runs
 
+Prefix probes measure the early targets for a fifth of a run's CPU: ``--probe-s 500`` runs the jobs' first
+500 CPU-s of the same schedule (the LR still decays over ``--budget-s``; the trainer's ``--stop-after-s``) into
+``<runs>/<config>/probes/``; reports pool them with the full runs for the early targets only (0.6× and 0.75×
+best), never for the levels, the late targets, the crossover or the never-loses test:
+
+    python bench/tta_horizon.py --jobs single-pass-decay:baseline:6,single-pass-decay:entropy:6 --probe-s 500
+
 Finished runs' eval curves are kept in the report JSON, so reports from earlier sessions survive the
 run directories (which do not persist) and new seeds add to them.
 """
@@ -66,6 +73,7 @@ from time_to_accuracy import arm_config, base_config, machine, read_evals, run_o
 from sift_fast.cli.arms import UNTIL_FORM, default_name  # noqa: E402
 from sift_fast.io import atomic_write_json, atomic_write_text  # noqa: E402
 
+PROBES = "probes"  # a configuration's prefix probes live in <runs>/<config>/probes/<arm>_s<seed>
 PROSE = Path(os.environ.get("SIFT_PROSE_CORPUS", Path.home() / ".cache/sift_fast/prose/debian-docs-prose.txt"))
 # lr_horizon "steps" with max_steps far away keeps the LR at its peak after the warmup (constant LR)
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -133,12 +141,14 @@ def run_jobs(args: argparse.Namespace) -> None:
     for job in args.jobs:
         name, arm, seed = job.split(":")
         group = Path(args.runs) / name
-        run = group / f"{arm}_s{seed}"
-        if finished(run, args.budget_s) or not _claim(run):
+        run = (group / PROBES if args.probe_s else group) / f"{arm}_s{seed}"
+        if finished(run, args.probe_s or args.budget_s) or not _claim(run):
             continue
         try:
             base = base_for(name, args)
             cfg = horizon_arm(base, arm, int(seed), run, group)
+            if args.probe_s:  # the same schedule (the LR decays over --budget-s), paused at --probe-s
+                cfg = cfg.replace(stop_after_s=args.probe_s)
             if name not in data_cache:
                 from sift_fast.train.builder import build_data
 
@@ -174,6 +184,22 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
                                                  "adaptive": _adaptive_trace(d), "norms": final_norms(d),
                                                  "session": _read_session(d), "eval_every": _eval_every(d)}
     return {arm: dict(sorted(by.items())) for arm, by in runs.items()}, old.get("meta", {})
+
+
+def collect_probes(name: str, args: argparse.Namespace) -> dict[str, dict[int, dict[str, Any]]]:
+    """Prefix probes of configuration ``name`` (``--probe-s``: a run's first S CPU-s of the same schedule, for the
+    early targets only): the committed report's, then this session's that reached their pause."""
+    old_path = Path(args.results) / f"tta_horizon_{name}.json"
+    old = json.loads(old_path.read_text()) if old_path.exists() else {}
+    probes = {arm: {int(sd): r for sd, r in by.items()} for arm, by in old.get("probes", {}).items()}
+    group = Path(args.runs) / name / PROBES
+    for d in sorted(group.glob("*_s*")) if group.exists() else []:
+        arm, _, sd = d.name.rpartition("_s")
+        summ = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
+        if known(arm) and summ.get("paused_after_s") and summ["train_time_s"] >= summ["paused_after_s"] - 1e-6:
+            probes.setdefault(arm, {})[int(sd)] = {"summary": summ, "evals": read_evals(d),
+                                                   "session": _read_session(d), "eval_every": _eval_every(d)}
+    return {arm: dict(sorted(by.items())) for arm, by in probes.items()}
 
 
 def _eval_every(run: Path) -> int | None:
@@ -250,10 +276,13 @@ def write_report(name: str, args: argparse.Namespace, extra: dict[str, Any] | No
             "budget_s": max(args.budget_s, old_meta.get("budget_s", 0)),
             "eval_every": eval_every_of(runs, old_meta.get("eval_every", args.eval_every)),
             "machine": old_meta.get("machine") or machine(), **(extra or {})}
-    analysis = analyse(runs, meta["budget_s"], meta)
+    probes = collect_probes(name, args)
+    analysis = analyse(runs, meta["budget_s"], meta, probes)
     analysis["verdict"] = verdict(runs, analysis, meta["budget_s"])
     rep = {"meta": meta, "analysis": analysis,
            "runs": {a: {str(s): r for s, r in by.items()} for a, by in runs.items()}}
+    if probes:
+        rep["probes"] = {a: {str(s): r for s, r in by.items()} for a, by in probes.items()}
     stem = Path(args.results) / f"tta_horizon_{name}"
     atomic_write_json(stem.with_suffix(".json"), rep)
     atomic_write_text(stem.with_suffix(".md"), render(name, rep))
@@ -271,7 +300,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs", default=str(ROOT / "runs" / "horizon"))
     p.add_argument("--results", default=str(ROOT / "bench" / "results"))
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--probe-s", type=float, default=0.0,
+                   help="run the jobs as prefix probes: the same schedule (LR decay over --budget-s), paused after "
+                        "this many CPU-s (--stop-after-s); reports use them for the early targets only")
     args = p.parse_args(argv)
+    if not 0 <= args.probe_s < args.budget_s:
+        p.error(f"--probe-s must be in [0, --budget-s {args.budget_s:g}); got {args.probe_s:g}")
     # a job of arm "default" runs under the default's explicit name (until<F>[-lr|…]): results stay right
     # when it changes
     args.jobs = [j.replace(":default:", f":{default_name()}:") for j in args.jobs.split(",") if j.strip()]

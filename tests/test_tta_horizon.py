@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import horizon_report as hr  # noqa: E402
@@ -190,3 +192,53 @@ def test_overview_prints_the_early_share_with_its_error(tmp_path):
     rows, md = horizon(tmp_path)
     assert rows[0]["early_share"] == "0.893 ± 0.18 / 0.796" and rows[0]["both_tests"] == "no"
     assert "| +0.005 | yes | 0.893 ± 0.18 / 0.796 | no | 1.00, 1.02 |" in md
+
+
+def _acc_evals(pairs):
+    return [{"type": "eval", "wall_s": t, "val_loss": 9.0 - a, "val_mlm_acc": a, "samples": 10 * i,
+             "backprop_samples": 10 * i, "step": i} for i, (t, a) in enumerate(pairs)]
+
+
+def test_probes_pool_into_the_early_targets_only():
+    """Seed 1 ran in full (baseline best acc 0.2: levels 0.12 / 0.15 / 0.18 / 0.194); seed 2 only as prefix probes
+    to 300 s. Early targets: seed 1's arm reaches 0.12 at 50 s vs the baseline's 100 s (0.5), seed 2's probe at
+    60 s vs 200 s (0.3) -> 0.4 over two seeds; a probe of another session pairs with nothing. The late targets,
+    the levels and the seed lists are the full runs' alone."""
+    full_b = _acc_evals([(0, 0.0), (100, 0.12), (200, 0.15), (1000, 0.2)])
+    full_a = _acc_evals([(0, 0.0), (50, 0.12), (100, 0.15), (1000, 0.2)])
+    summ = {"summary": {"train_time_s": 1000.0, "steps": 100}}
+    runs = {"baseline": {1: {"evals": full_b, "session": "s", **summ}}, "d": {1: {"evals": full_a, "session": "s",
+                                                                                **summ}}}
+    probes = {"baseline": {2: {"evals": _acc_evals([(0, 0.0), (200, 0.12), (300, 0.15)]), "session": "s"},
+                           3: {"evals": _acc_evals([(0, 0.0), (10, 0.15)]), "session": "t"}},
+              "d": {2: {"evals": _acc_evals([(0, 0.0), (60, 0.12), (300, 0.15)]), "session": "s"},
+                    1: {"evals": _acc_evals([(0, 0.0), (1, 0.15)]), "session": "s"},  # a full run wins
+                    3: {"evals": _acc_evals([(0, 0.0), (10, 0.15)]), "session": "u"}}}  # not its baseline's session
+    a = hr.analyse(runs, 1000.0, {"seq_len": 128}, probes)
+    assert a["levels"]["acc:0.6"] == 0.12 and a["levels"]["acc:0.97"] == 0.194
+    t = a["arms"]["d"]["targets"]
+    assert t["acc:0.6"]["ratio"][0] == pytest.approx(0.4) and (t["acc:0.6"]["n"], t["acc:0.6"]["of"]) == (2, 3)
+    assert t["acc:0.6"]["probes"] == 2 and t["acc:0.9"]["probes"] == 0 and t["acc:0.9"]["of"] == 1
+    assert t["acc:0.75"]["ratio"][0] == pytest.approx((0.5 + 300 / 300) / 2)
+    assert a["arms"]["d"]["seeds"] == [1] and a["arms"]["baseline"]["seeds"] == [1]
+    assert hr.analyse(runs, 1000.0, {"seq_len": 128})["arms"]["d"]["targets"]["acc:0.6"]["n"] == 1
+    note = hr.probe_note({"probes": {"d": {2: {"summary": {"paused_after_s": 300.0}}}}})
+    assert "first 300 CPU-s of the same schedule" in note and "seeds: d 2" in note
+
+
+def test_collect_probes_reads_paused_runs(tmp_path):
+    """A probe counts once it reached its pause (summary with paused_after_s); one still running does not;
+    --probe-s must lie below the budget."""
+    root = tmp_path / "runs" / "single-pass-decay" / th.PROBES
+    for name, summ in (("baseline_s6", {"train_time_s": 600.2, "paused_after_s": 600.0}),
+                       ("until0.1-lr_s6", {"train_time_s": 600.0, "paused_after_s": 600.0}),
+                       ("entropy_s6", None)):
+        (root / name).mkdir(parents=True)
+        (root / name / "metrics.jsonl").write_text(json.dumps(_acc_evals([(0, 0.0)])[0]) + "\n")
+        if summ:
+            (root / name / "summary.json").write_text(json.dumps(summ))
+    args = argparse.Namespace(results=str(tmp_path / "results"), runs=str(tmp_path / "runs"))
+    probes = th.collect_probes("single-pass-decay", args)
+    assert sorted(probes) == ["baseline", "until0.1-lr"] and list(probes["baseline"]) == [6]
+    with pytest.raises(SystemExit):
+        th.parse_args(["--probe-s", "2700", "--budget-s", "2700"])
