@@ -109,16 +109,19 @@ def analyse(runs: dict[str, dict[int, dict[str, Any]]], budget: float, meta: dic
                 row["equal_time"][f"{key}@{f:g}"] = mean_sd(ratios)
         eb = early.get(arm, by_seed)
         epb = paired(eb, early.get("baseline", {}))
+        row["probe_seeds"] = [sd for sd, r in eb.items() if r.get("probe") and sd in epb]  # pooled and paired
         for name, lv in levels.items():
             src, src_base = (eb, epb) if name in early_keys else (by_seed, pb)
-            ratios = []
+            ratios, censored = [], 0
             for sd, r in src.items():
                 h = crossing(r["evals"], "val_mlm_acc", lv, True)
                 bh = crossing(src_base.get(sd, {}).get("evals", []), "val_mlm_acc", lv, True)
                 if h and bh and bh["wall_s"] > 0:
                     ratios.append(h["wall_s"] / bh["wall_s"])
+                elif sd in src_base and (h or bh) and (r.get("probe") or src_base[sd].get("probe")):
+                    censored += 1  # one side reached the level, the other was a probe that stopped first
             row["targets"][name] = {"ratio": mean_sd(ratios), "n": len(ratios), "of": len(src),
-                                    "probes": sum(1 for r in src.values() if r.get("probe"))}
+                                    "probes": sum(1 for r in src.values() if r.get("probe")), "censored": censored}
         if arm != "baseline":
             for key, higher in (("val_loss", False), ("val_mlm_acc", True)):
                 cells = []
@@ -208,7 +211,8 @@ def pooled_sd(vb: list[tuple[float, float, str | None]]) -> float | None:
 def share_error(share: float | None, arm_t: dict[str, Any], ent_t: dict[str, Any]) -> float | None:
     """Standard error of a share (1 - r) / (1 - re) of the entropy arm's saving, from the two seed means' errors
     (sd ÷ √n of the per-seed time ratios; delta method). The two means are treated as independent: where they
-    share baseline seeds their errors correlate positively, so the true error is smaller. None with < 2 seeds."""
+    share baseline seeds their errors correlate positively, so for a positive share the true error is smaller.
+    None with < 2 seeds."""
     (r, sr), (re_, sre) = arm_t.get("ratio", (None, None)), ent_t.get("ratio", (None, None))
     nr, nre = arm_t.get("n", 0), ent_t.get("n", 0)
     if share is None or None in (r, sr, re_, sre) or nr < 2 or nre < 2:
@@ -266,23 +270,28 @@ def _f(ms: tuple[float | None, float | None], spec: str = ".3f") -> str:
 
 
 def share_cell(r: dict[str, Any]) -> str:
-    """A verdict row's early shares, each with its standard error where known: ``0.893 ± 0.21 / 0.796 ± 0.25``."""
+    """A verdict row's early shares, each with its standard error where known: ``0.893 ± 0.18 / 0.796 ± 0.22``."""
     se = r.get("early_share_se") or {}
     return " / ".join("-" if x is None else f"{x:.3f}" + ("" if se.get(k) is None else f" ± {se[k]:.2f}")
                       for k, x in r["early_share"].items())  # three digits: 0.796 is not 0.80
 
 
 def probe_note(rep: dict[str, Any]) -> str:
-    """The sentence naming the prefix probes pooled into the early targets ('' without any)."""
-    probes = rep.get("probes") or {}
-    if not probes:
+    """The sentence naming the prefix probes pooled into the early targets ('' without any): only those paired
+    with a baseline of their session and not superseded by a full run, and the pairs a probe's end cut short."""
+    arms = rep["analysis"]["arms"]
+    used = {arm: r["probe_seeds"] for arm, r in arms.items() if r.get("probe_seeds") and arm != "baseline"}
+    if not used:
         return ""
-    s = {r.get("summary", {}).get("paused_after_s") for by in probes.values() for r in by.values()}
-    per = "; ".join(f"{arm} {', '.join(map(str, sorted(int(x) for x in by)))}" for arm, by in
-                    sorted(probes.items()))
+    stops = {r.get("summary", {}).get("paused_after_s") for by in (rep.get("probes") or {}).values()
+             for r in by.values()}
+    cut = sum(t.get("censored", 0) for r in arms.values() for t in r["targets"].values())
+    per = "; ".join(f"{arm} {', '.join(map(str, seeds))}" for arm, seeds in sorted(used.items()))
     return (f" The early targets ({' and '.join(f'{f:g}×' for f in EARLY)}) also pool prefix probes: the first "
-            f"{'/'.join(f'{x:g}' for x in sorted(x for x in s if x))} CPU-s of the same schedule "
-            f"(`--probe-s`), paired with the same seed's baseline run or probe of their session (seeds: {per}).")
+            f"{'/'.join(f'{x:g}' for x in sorted(x for x in stops if x))} CPU-s of the same schedule "
+            f"(`--probe-s`), each paired with the same seed's baseline run or probe of its session "
+            f"(arms' probe seeds: {per}); "
+            f"{cut} pair(s) dropped because a probe stopped before one side reached the level.")
 
 
 def render(name: str, rep: dict[str, Any]) -> str:
@@ -343,7 +352,8 @@ def render(name: str, rep: dict[str, Any]) -> str:
                   "own). Context, not part of the test: at the eval of the worst mean excess, its paired standard "
                   "error (sd of the per-seed excesses ÷ √seeds) and the sd of the baselines' own seeds at that time "
                   "(seeds of one session, pooled over sessions); ± beside a share: its standard error (from the two "
-                  "seed means' errors, delta method). Arms are compared with the baseline seed of the "
+                  "seed means' errors, delta method; the shares pool prefix probes where the report has any, the seeds "
+                  "column counts full runs). Arms are compared with the baseline seed of the "
                   "same session only:", "",
                   "| arm | seeds | worst mean excess | within noise | early saving ÷ entropy's: " +
                   " / ".join(f"{k[4:]}×best" for k in v["arms"][next(iter(v["arms"]))]["early_share"]) +

@@ -196,7 +196,7 @@ def collect_probes(name: str, args: argparse.Namespace) -> dict[str, dict[int, d
     for d in sorted(group.glob("*_s*")) if group.exists() else []:
         arm, _, sd = d.name.rpartition("_s")
         summ = json.loads((d / "summary.json").read_text()) if (d / "summary.json").exists() else {}
-        if known(arm) and summ.get("paused_after_s") and summ["train_time_s"] >= summ["paused_after_s"] - 1e-6:
+        if known(arm) and summ.get("paused_after_s"):  # paused by the rule (under DeepSpeed maybe on another rank)
             probes.setdefault(arm, {})[int(sd)] = {"summary": summ, "evals": read_evals(d),
                                                    "session": _read_session(d), "eval_every": _eval_every(d)}
     return {arm: dict(sorted(by.items())) for arm, by in probes.items()}

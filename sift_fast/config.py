@@ -277,7 +277,7 @@ class TrainConfig:
     max_steps: int = opt(1000, "optimizer steps (one candidate batch each)")
     time_budget_s: float = opt(0.0, "stop after this much training time on --clock (eval excluded); 0 = off")
     stop_after_s: float = opt(0.0, "pause after this much training time (checkpoint, exit 0) without moving the LR "
-                                   "horizon (--time-budget-s); --resume continues; 0 = off")
+                                   "horizon (--time-budget-s); --resume continues; 0 = off (or at/past the budget)")
     eval_every: int = opt(50, "validation every N steps")
     eval_batch_size: int = opt(64, "validation batch size")
     checkpoint_every: int = opt(0, "checkpoint every N steps; 0 = only at the end")

@@ -809,27 +809,30 @@ def test_hf_trainer_killed_inside_a_checkpoint_resumes_bitwise(tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.mark.parametrize("peer", ["SIGTERM", "time budget", "pause"])
+@pytest.mark.parametrize("peer", ["SIGTERM", "time budget", "pause", "own pause"])
 def test_multi_rank_stop_is_decided_at_the_log_flush_from_every_rank(peer, micro_cfg, tmp_path):
     """The stop decisions under DeepSpeed, with this rank's peers faked: a SIGTERM, a time budget or a
     --stop-after-s pause seen by another rank only stops this one at the first log flush (step 4), never in
     between."""
     budget = {"time_budget_s": 1e6, "lr_horizon": "steps"} if peer == "time budget" else {}  # far below it
-    if peer == "pause":
-        budget = {"time_budget_s": 2e6, "stop_after_s": 1e6, "lr_horizon": "steps"}
+    if peer in ("pause", "own pause"):  # own: this rank's clock passed --stop-after-s, its peer saw nothing
+        budget = {"time_budget_s": 2e6, "stop_after_s": 1e6 if peer == "pause" else 1e-9, "lr_horizon": "steps"}
     tr = Trainer(micro_cfg(out=str(tmp_path / "r"), max_steps=12, log_every=4, checkpoint_every=0, **budget))
     tr.engine.world_size = 2  # what the all-reduce would return: the other rank's values
     seen = []
 
     def any_rank(values):
         seen.append((tr.step, list(values)))
+        if peer == "own pause":
+            return list(values)  # the peer votes nothing: the all-reduce returns this rank's votes
         return [int(signal.SIGTERM), 0] if peer == "SIGTERM" else [values[0], 1]
 
     tr.engine.any_rank = any_rank
     summary = tr.run()
-    assert seen == [(4, [0, 0])] and tr.step == 4  # one all-reduce, at the flush; this rank saw nothing itself
+    own = [0, 1] if peer == "own pause" else [0, 0]  # this rank's own vote: its clock passed the pause
+    assert seen == [(4, own)] and tr.step == 4  # one all-reduce, at the flush
     assert summary.get("stopped_by") == ("SIGTERM" if peer == "SIGTERM" else None)
-    assert summary.get("paused_after_s") == (1e6 if peer == "pause" else None)
+    assert summary.get("paused_after_s") == {"pause": 1e6, "own pause": 1e-9}.get(peer)
     assert list_checkpoints(tmp_path / "r" / "checkpoints")[-1][0] == 4
 
 

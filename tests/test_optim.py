@@ -314,23 +314,26 @@ def test_stop_after_pauses_without_moving_the_horizon(micro_cfg, tmp_path):
     schedule, not of a 1 s one; --resume with it off continues to step 12, and the whole run's per-step LRs and
     losses are those of the uninterrupted run."""
     kw = dict(lr_horizon="budget", time_budget_s=3.0, max_steps=10**6, lr_warmup_steps=0, log_every=1,
-              eval_every=10**6, checkpoint_every=0)
+              eval_every=3, checkpoint_every=0, targets=(0.01, 0.02, 0.03, 0.05, 0.08, 0.1))
 
     def run(out: str, **extra):
         tr = Trainer(micro_cfg(out=str(tmp_path / out), **kw, **extra))
         ticks = iter(range(10**6))
         tr.clock = lambda: 0.25 * next(ticks)
         summary = tr.run()
-        steps = [r for x in (tr.out / "metrics.jsonl").read_text().splitlines()
-                 if (r := json.loads(x))["type"] == "step"]
-        return summary, steps
+        recs = [json.loads(x) for x in (tr.out / "metrics.jsonl").read_text().splitlines()]
+        run.evals = [(r["step"], r["wall_s"], r["val_loss"], r["val_mlm_acc"]) for r in recs if r["type"] == "eval"]
+        return summary, [r for r in recs if r["type"] == "step"]
 
     whole, ref = run("whole")
-    assert len(ref) == 12 and "paused_after_s" not in whole
+    ref_evals = run.evals
+    assert len(ref) == 12 and "paused_after_s" not in whole and [e[0] for e in ref_evals] == [0, 3, 6, 9, 12]
     paused, first = run("paused", stop_after_s=1.0)
+    assert [e[0] for e in run.evals] == [0, 3]  # no eval at the pause (step 4): the grid of the whole run
     assert paused["paused_after_s"] == 1.0 and paused["steps"] == 4 and paused["train_time_s"] == pytest.approx(1.0)
     peak = micro_cfg(**kw).optim.lr
     assert [r["lr"] for r in first] == pytest.approx([peak * (1 - (s - 1) / 12) for s in range(1, 5)], abs=1e-12)
     done, steps = run("paused", stop_after_s=0.0, resume=True)
     assert done["steps"] == 12 and "paused_after_s" not in done
     assert [(r["step"], r["lr"], r["loss"]) for r in steps] == [(r["step"], r["lr"], r["loss"]) for r in ref]
+    assert run.evals == ref_evals and done["time_to_target"] == whole["time_to_target"]

@@ -213,17 +213,24 @@ def test_probes_pool_into_the_early_targets_only():
                            3: {"evals": _acc_evals([(0, 0.0), (10, 0.15)]), "session": "t"}},
               "d": {2: {"evals": _acc_evals([(0, 0.0), (60, 0.12), (300, 0.15)]), "session": "s"},
                     1: {"evals": _acc_evals([(0, 0.0), (1, 0.15)]), "session": "s"},  # a full run wins
-                    3: {"evals": _acc_evals([(0, 0.0), (10, 0.15)]), "session": "u"}}}  # not its baseline's session
+                    3: {"evals": _acc_evals([(0, 0.0), (10, 0.15)]), "session": "u"},  # not its baseline's session
+                    4: {"evals": _acc_evals([(0, 0.0), (50, 0.15)]), "session": "s"}}}  # its baseline stopped first
+    probes["baseline"][4] = {"evals": _acc_evals([(0, 0.0), (600, 0.1)]), "session": "s",
+                             "summary": {"paused_after_s": 600.0}}
     a = hr.analyse(runs, 1000.0, {"seq_len": 128}, probes)
     assert a["levels"]["acc:0.6"] == 0.12 and a["levels"]["acc:0.97"] == 0.194
     t = a["arms"]["d"]["targets"]
-    assert t["acc:0.6"]["ratio"][0] == pytest.approx(0.4) and (t["acc:0.6"]["n"], t["acc:0.6"]["of"]) == (2, 3)
-    assert t["acc:0.6"]["probes"] == 2 and t["acc:0.9"]["probes"] == 0 and t["acc:0.9"]["of"] == 1
+    assert t["acc:0.6"]["ratio"][0] == pytest.approx(0.4) and (t["acc:0.6"]["n"], t["acc:0.6"]["of"]) == (2, 4)
+    assert t["acc:0.6"]["probes"] == 3 and t["acc:0.9"]["probes"] == 0 and t["acc:0.9"]["of"] == 1
+    assert t["acc:0.6"]["censored"] == t["acc:0.75"]["censored"] == 1 and t["acc:0.9"]["censored"] == 0
+    assert a["arms"]["d"]["probe_seeds"] == [2, 4]  # seed 1 has a full run, seed 3 no baseline of its session
     assert t["acc:0.75"]["ratio"][0] == pytest.approx((0.5 + 300 / 300) / 2)
     assert a["arms"]["d"]["seeds"] == [1] and a["arms"]["baseline"]["seeds"] == [1]
     assert hr.analyse(runs, 1000.0, {"seq_len": 128})["arms"]["d"]["targets"]["acc:0.6"]["n"] == 1
-    note = hr.probe_note({"probes": {"d": {2: {"summary": {"paused_after_s": 300.0}}}}})
-    assert "first 300 CPU-s of the same schedule" in note and "seeds: d 2" in note
+    note = hr.probe_note({"analysis": a, "probes": probes})
+    assert "first 600 CPU-s of the same schedule" in note and "probe seeds: d 2, 4);" in note
+    assert "2 pair(s) dropped" in note  # seed 4 at both early levels
+    assert hr.probe_note({"analysis": hr.analyse(runs, 1000.0, {"seq_len": 128}), "probes": {}}) == ""
 
 
 def test_collect_probes_reads_paused_runs(tmp_path):
@@ -232,7 +239,7 @@ def test_collect_probes_reads_paused_runs(tmp_path):
     root = tmp_path / "runs" / "single-pass-decay" / th.PROBES
     for name, summ in (("baseline_s6", {"train_time_s": 600.2, "paused_after_s": 600.0}),
                        ("until0.1-lr_s6", {"train_time_s": 600.0, "paused_after_s": 600.0}),
-                       ("entropy_s6", None)):
+                       ("entropy_s6", None), ("until0.07-lr38_s6", {"train_time_s": 200.0, "stopped_by": "SIGTERM"})):
         (root / name).mkdir(parents=True)
         (root / name / "metrics.jsonl").write_text(json.dumps(_acc_evals([(0, 0.0)])[0]) + "\n")
         if summ:

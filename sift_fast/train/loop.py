@@ -387,7 +387,7 @@ class Trainer:
                     break
             if buffered:
                 self._flush(buffered, nvml)
-            if not self.stopping and (not self.last_eval or self.last_eval["step"] != self.step):
+            if not (self.stopping or self.paused) and (not self.last_eval or self.last_eval["step"] != self.step):
                 self.run_eval()
             path = self.save()
         finally:
