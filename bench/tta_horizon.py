@@ -163,12 +163,17 @@ def run_jobs(args: argparse.Namespace) -> None:
             _lock(run).unlink(missing_ok=True)
 
 
+def committed(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The committed report of configuration ``name`` ({} before its first run)."""
+    path = Path(args.results) / f"tta_horizon_{name}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, Any]]:
     """Finished runs of configuration ``name``: this session's run dirs, then the committed report's; each arm's
     seeds in ascending order (the report's per-seed lists follow it)."""
     runs: dict[str, dict[int, dict[str, Any]]] = {}
-    old_path = Path(args.results) / f"tta_horizon_{name}.json"
-    old = json.loads(old_path.read_text()) if old_path.exists() else {}
+    old = committed(name, args)
     for arm, by in old.get("runs", {}).items():
         for sd, r in by.items():
             runs.setdefault(arm, {})[int(sd)] = r
@@ -189,8 +194,7 @@ def collect(name: str, args: argparse.Namespace) -> tuple[dict[str, dict[int, di
 def collect_probes(name: str, args: argparse.Namespace) -> dict[str, dict[int, dict[str, Any]]]:
     """Prefix probes of configuration ``name`` (``--probe-s``: a run's first S CPU-s of the same schedule, for the
     early targets only): the committed report's, then this session's that reached their pause."""
-    old_path = Path(args.results) / f"tta_horizon_{name}.json"
-    old = json.loads(old_path.read_text()) if old_path.exists() else {}
+    old = committed(name, args)
     probes = {arm: {int(sd): r for sd, r in by.items()} for arm, by in old.get("probes", {}).items()}
     group = Path(args.runs) / name / PROBES
     for d in sorted(group.glob("*_s*")) if group.exists() else []:

@@ -23,6 +23,7 @@ from sift_fast.hf import STATE_FILE, SiftArguments, SiftTrainer  # noqa: E402
 from sift_fast.models.hf import adapter_for  # noqa: E402
 from sift_fast.scoring import score_candidates, score_positions  # noqa: E402
 from sift_fast.selection import Selector  # noqa: E402
+from sift_fast.train.checkpoint import safe_load  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -249,7 +250,7 @@ def test_resume_bitwise(tok, lines, tmp_path, where):
         data, coll, step = rows, T.DataCollatorForLanguageModeling(tok, mlm_probability=0.2), 4
     full, losses = _resume_run(tok, data, coll, tmp_path / "a", step)
     ckpt = tmp_path / "a" / "out" / f"checkpoint-{step}"
-    state = torch.load(ckpt / STATE_FILE.format(0), weights_only=False)
+    state = safe_load(ckpt / STATE_FILE.format(0))  # what SiftTrainer itself loads with
     fresh = Selector(full.sift_cfg, seed=0).generator.get_state()
     assert not torch.equal(state["selector"]["generator"], fresh)  # the RNG moved: restoring it matters
     _, resumed = _resume_run(tok, data, coll, tmp_path / "b", step, resume_from_checkpoint=str(ckpt))

@@ -337,9 +337,9 @@ class Trainer:
         restore = self._install_signal_handlers()
         if self.engine.world_size > 1 and self._clock_lr():
             self._agree_stop()  # the ranks' LR progress from the start (a resumed run's clocks may differ)
+        limit = self._time_limit()
         try:
             while self.step < tc.max_steps:
-                limit = self._time_limit()
                 if limit and (self.train_time >= limit if self.engine.world_size == 1
                               else self.budget_agreed):  # DeepSpeed: agreed at the log flush
                     self.paused = limit != tc.time_budget_s
